@@ -1,0 +1,137 @@
+import Crypto
+import Foundation
+import Logging
+import Shared
+import X509
+
+/// The hub's settings that the agent-facing and admin-facing parts share.
+struct HubSettings: Sendable {
+    /// Lifetime of agent client certificates (`serve --certificate-lifetime`).
+    var certificateLifetime: Duration = .seconds(24 * 3600)
+    /// Heartbeat interval agents are told to use (`serve --heartbeat-interval`);
+    /// three missed ones mark the agent offline.
+    var heartbeatInterval: Duration = .seconds(10)
+    /// The host join strings tell agents to dial (the first `--advertise` name);
+    /// the port is the agent listener's bound port.
+    var joinHost: String
+    static let defaultTokenTTL: Duration = .seconds(24 * 3600)
+    static let maxTokenTTL: Duration = .seconds(7 * 24 * 3600)
+}
+
+/// The hub's operations on clusters, tokens and certificates. The gRPC services
+/// and the admin API are thin edges over this type.
+final class HubCore: Sendable {
+    let database: HubDatabase
+    let ca: CertificateAuthority
+    let registry: ConnectionRegistry
+    let settings: HubSettings
+    let clock: HubClock
+    let metrics: HubMetrics
+    let logger: Logger
+    /// Where join strings send agents; set once the agent listener is bound.
+    let joinAddress = AsyncValue<HostPort>()
+
+    init(database: HubDatabase, ca: CertificateAuthority, settings: HubSettings, clock: HubClock, metrics: HubMetrics, logger: Logger) {
+        self.database = database
+        self.ca = ca
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics
+        self.logger = logger
+        self.registry = ConnectionRegistry(onChange: { metrics.agentsConnected.set(Int64($0)) })
+    }
+
+    // MARK: Clusters
+
+    func addCluster(_ name: ClusterName, labels: [String: String]) throws -> ClusterRecord {
+        for (key, value) in labels { try LabelRules.validate(key: key, value: value) }
+        let record = try database.addCluster(name, labels: labels, now: clock.now())
+        logger.info("cluster added", metadata: ["cluster": "\(name)"])
+        return record
+    }
+
+    func clusterViews() async throws -> [ClusterView] {
+        let online = registry.connected
+        return try database.clusters().map { ClusterView(record: $0, online: online.contains(try ClusterName($0.name))) }
+    }
+
+    /// Revokes the cluster's certificates and closes its open channel.
+    func removeCluster(_ name: ClusterName) async throws -> ClusterView {
+        let record = try database.revokeCluster(name, now: clock.now())
+        registry.disconnect(name, reason: TetherError(.clusterRevoked, "cluster '\(name)' was removed at the hub; its certificate is revoked"))
+        logger.notice("cluster removed; certificates revoked", metadata: ["cluster": "\(name)"])
+        return ClusterView(record: record, online: false)
+    }
+
+    // MARK: Tokens
+
+    func createToken(cluster: ClusterName, ttl: Duration?) throws -> (JoinTokenRecord, JoinString) {
+        let ttl = ttl ?? HubSettings.defaultTokenTTL
+        guard ttl > .zero, ttl <= HubSettings.maxTokenTTL else {
+            throw TetherError(.invalidArgument, "token TTL must be more than 0 and at most 7d (got \(DurationParser.format(ttl)))")
+        }
+        var rng = SystemRandomNumberGenerator()
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789".utf8)
+        let id = String(decoding: (0..<8).map { _ in alphabet.randomElement(using: &rng)! }, as: UTF8.self)
+        let secret = Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
+        let now = clock.now()
+        let record = try database.createToken(
+            id: id, cluster: cluster, secretHash: Data(SHA256.hash(data: Data(secret.utf8))),
+            expiresAt: now.addingTimeInterval(ttl.seconds), now: now)
+        guard let address = joinAddress.current else {
+            throw TetherError(.unavailable, "the agent listener is not up yet; try again in a moment")
+        }
+        let join = JoinString(hub: address, tokenID: id, secret: secret, caHash: try PKI.fingerprint(ca.certificate))
+        logger.info("join token created", metadata: ["cluster": "\(cluster)", "token": "\(id)", "expires": "\(iso8601(record.expiresAt))"])
+        return (record, join)
+    }
+
+    func tokenViews() throws -> [TokenView] {
+        let now = clock.now()
+        return try database.tokens().map { TokenView(record: $0, now: now) }
+    }
+
+    func revokeToken(id: String) throws -> TokenView {
+        let record = try database.revokeToken(id: id, now: clock.now())
+        logger.info("join token revoked", metadata: ["token": "\(id)"])
+        return TokenView(record: record, now: clock.now())
+    }
+
+    // MARK: Certificates
+
+    /// Enrolls an agent: the CSR's key must be the key of the bootstrap certificate
+    /// the agent connected with, and the token must be valid. Returns the cluster
+    /// and its new certificate.
+    func enroll(tokenID: String, secret: String, csrPEM: String, bootstrapKey: Certificate.PublicKey) throws -> (ClusterName, IssuedCertificate) {
+        let csr = try CertificateAuthority.parseCSR(csrPEM)
+        guard csr.publicKey == bootstrapKey else {
+            throw TetherError(.badCSR, "the CSR's key is not the key of the certificate this connection was made with")
+        }
+        let now = clock.now()
+        var cluster: ClusterName?
+        do {
+            let issued = try database.enroll(tokenID: tokenID, secret: secret, now: now) { name in
+                cluster = name
+                return try ca.issueAgentCertificate(for: csr.publicKey, cluster: name, lifetime: settings.certificateLifetime, now: now)
+            }
+            metrics.enrollments.increment()
+            logger.notice("agent enrolled", metadata: ["cluster": "\(cluster!)", "token": "\(tokenID)", "serial": "\(issued.serial)"])
+            return (cluster!, issued)
+        } catch let error as TetherError {
+            metrics.enrollmentRefusals.increment()
+            logger.warning("enrollment refused", metadata: ["token": "\(tokenID)", "reason": "\(error.code)"])
+            throw error
+        }
+    }
+
+    /// Renews over an authenticated channel: same cluster, new key, new certificate.
+    func renew(cluster: ClusterName, csrPEM: String) throws -> IssuedCertificate {
+        let csr = try CertificateAuthority.parseCSR(csrPEM)
+        let now = clock.now()
+        let issued = try ca.issueAgentCertificate(for: csr.publicKey, cluster: cluster, lifetime: settings.certificateLifetime, now: now)
+        try database.recordRenewal(cluster, issued: issued, now: now)
+        metrics.renewals.increment()
+        logger.info("agent certificate renewed", metadata: ["cluster": "\(cluster)", "serial": "\(issued.serial)", "notAfter": "\(iso8601(issued.notAfter))"])
+        return issued
+    }
+}

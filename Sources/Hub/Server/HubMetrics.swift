@@ -1,0 +1,30 @@
+import Prometheus
+
+/// The hub's Prometheus metrics, served on the admin listener's `/metrics`.
+/// Each hub owns its registry, so several hubs can run in one test process.
+final class HubMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let agentsConnected: Gauge
+    let enrollments: Counter
+    let enrollmentRefusals: Counter
+    let renewals: Counter
+    let handshakeRefusals: Counter
+    let rpcRefusals: Counter
+
+    init() {
+        agentsConnected = registry.makeGauge(name: "tether_agents_connected", help: "Agents with an open channel to this hub.")
+        enrollments = registry.makeCounter(name: "tether_enrollments_total", help: "Agents enrolled.")
+        enrollmentRefusals = registry.makeCounter(name: "tether_enrollment_refusals_total", help: "Enrollment attempts refused.")
+        renewals = registry.makeCounter(name: "tether_certificate_renewals_total", help: "Agent certificates renewed.")
+        handshakeRefusals = registry.makeCounter(name: "tether_agent_tls_refusals_total", help: "TLS handshakes refused on the agent listener.")
+        rpcRefusals = registry.makeCounter(name: "tether_agent_rpc_refusals_total", help: "Agent RPCs refused for a revoked, unknown or wrong certificate.")
+        agentsConnected.set(Int64(0))
+    }
+
+    /// The Prometheus text exposition.
+    func exposition() -> String {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return String(decoding: buffer, as: UTF8.self)
+    }
+}

@@ -1,0 +1,174 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Hummingbird
+import Logging
+import NIOCore
+import Shared
+import ServiceLifecycle
+import UnixSignals
+
+/// How `tether-hub serve` is configured; every field has an embedded default.
+struct HubConfiguration: Sendable {
+    var dataDirectory = "./tether-data"
+    var listen = HostPort(host: "0.0.0.0", port: 8443)
+    var adminListen = HostPort(host: "127.0.0.1", port: 9443)
+    /// Names and addresses agents dial; the serving certificate covers all of them
+    /// and join strings carry the first.
+    var advertise: [String] = HubConfiguration.defaultAdvertise
+    var certificateLifetime: Duration = .seconds(24 * 3600)
+    var heartbeatInterval: Duration = .seconds(10)
+
+    static var defaultAdvertise: [String] {
+        var names: [String] = []
+        let host = ProcessInfo.processInfo.hostName
+        if !host.isEmpty, host != "localhost" { names.append(host) }
+        names.append(contentsOf: ["localhost", "127.0.0.1"])
+        return names
+    }
+}
+
+/// The hub process: opens the data dir, then runs the agent gateway and the admin
+/// API as services in one `ServiceGroup`, shutting down gracefully (closing agent
+/// channels first) on SIGTERM or SIGINT.
+final class HubServer: Sendable {
+    let core: HubCore
+    let directory: DataDirectory
+    let readiness = Readiness()
+    let adminAddress = AsyncValue<NIOCore.SocketAddress>()
+    private let group: ServiceGroup
+    private let gateway: AgentGatewayService
+
+    init(configuration: HubConfiguration, clock: HubClock = HubClock(), logger: Logger, signals: [UnixSignal] = []) throws {
+        guard !configuration.advertise.isEmpty else {
+            throw TetherError(.invalidArgument, "--advertise needs at least one name or address")
+        }
+        let directory = try DataDirectory.open(path: configuration.dataDirectory, advertise: configuration.advertise, now: clock.now(), logger: logger)
+        let database = try HubDatabase(path: directory.databasePath)
+        let settings = HubSettings(
+            certificateLifetime: configuration.certificateLifetime,
+            heartbeatInterval: configuration.heartbeatInterval,
+            joinHost: configuration.advertise[0])
+        let core = HubCore(database: database, ca: directory.ca, settings: settings, clock: clock, metrics: HubMetrics(), logger: logger)
+        self.core = core
+        self.directory = directory
+
+        let gateway = AgentGatewayService(core: core, directory: directory, listen: configuration.listen, logger: logger)
+        self.gateway = gateway
+
+        let readiness = self.readiness
+        let adminAddress = self.adminAddress
+        let adminListen = configuration.adminListen
+        let admin = Application(
+            router: AdminServer.makeRouter(core: core, readiness: readiness),
+            server: try .tls(tlsConfiguration: AdminServer.tlsConfiguration(directory: directory)),
+            configuration: .init(address: .hostname(adminListen.host, port: adminListen.port), serverName: "tether-hub"),
+            onServerRunning: { channel in
+                guard let bound = channel.localAddress else { return }
+                // The CLI reaches the admin API on loopback when it listens on every address.
+                let host = ["0.0.0.0", "::"].contains(adminListen.host) ? "127.0.0.1" : adminListen.host
+                let server = "https://\(HostPort(host: host, port: bound.port ?? adminListen.port))"
+                do {
+                    try directory.writeCredentials(server: server, database: database, now: clock.now())
+                    adminAddress.set(bound)
+                    _ = await gateway.boundAddress.value
+                    readiness.set(true)
+                    logger.notice("hub ready", metadata: [
+                        "admin": "\(server)", "agents": "\(core.joinAddress.current.map { "\($0)" } ?? "?")",
+                        "credentials": "\(directory.credentialsPath)",
+                        "caFingerprint": "\((try? PKI.fingerprint(directory.ca.certificate)) ?? "?")",
+                    ])
+                } catch {
+                    logger.error("cannot write the operator credential file", metadata: ["error": "\(error)"])
+                }
+            },
+            logger: logger)
+
+        group = ServiceGroup(configuration: .init(
+            services: [.init(service: admin), .init(service: gateway)],
+            gracefulShutdownSignals: signals,
+            cancellationSignals: [],
+            logger: logger))
+    }
+
+    /// Runs until shutdown.
+    func run() async throws {
+        try await group.run()
+    }
+
+    /// Begins graceful shutdown: agent channels are closed, then the listeners.
+    func shutdown() async {
+        readiness.set(false)
+        await group.triggerGracefulShutdown()
+    }
+
+    /// The agent listener's bound address, once it is listening.
+    var agentAddress: NIOCore.SocketAddress {
+        get async { await gateway.boundAddress.value }
+    }
+}
+
+/// The agent listener as a `Service`: a gRPC server with the enrollment and
+/// agent-link services behind `AgentAuthInterceptor`.
+final class AgentGatewayService: Service, Sendable {
+    let core: HubCore
+    let server: GRPCServer<HTTP2ServerTransport.Posix>
+    let boundAddress = AsyncValue<NIOCore.SocketAddress>()
+    let logger: Logger
+
+    init(core: HubCore, directory: DataDirectory, listen: HostPort, logger: Logger) {
+        self.core = core
+        self.logger = logger
+        let metrics = core.metrics
+        let transport = HTTP2ServerTransport.Posix(
+            address: .ipv4OrV6(listen),
+            transportSecurity: TLSProfiles.hubListener(
+                servingChainPEM: [(try? PKI.pem(directory.servingCertificate)) ?? "", (try? PKI.pem(directory.ca.certificate)) ?? ""],
+                servingKeyPEM: directory.servingKeyPEM,
+                ca: directory.ca.certificate,
+                onRefusal: { why in
+                    metrics.handshakeRefusals.increment()
+                    logger.warning("agent TLS handshake refused", metadata: ["reason": "\(why)"])
+                }),
+            config: .defaults { config in
+                config.compression.enabledAlgorithms = .all
+                // Agents keep one channel open for days; keep it alive through idle NATs.
+                config.connection.maxIdleTime = nil
+                config.connection.keepalive.clientBehavior.allowWithoutCalls = true
+                config.connection.keepalive.clientBehavior.minPingIntervalWithoutCalls = .seconds(5)
+            })
+        server = GRPCServer(
+            transport: transport,
+            services: [EnrollmentService(core: core), AgentLinkService(core: core)],
+            interceptors: [AgentAuthInterceptor(core: core)])
+    }
+
+    func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await self.server.serve() }
+                group.addTask {
+                    guard let address = try await self.server.listeningAddress?.ipv4OrIPv6 else { return }
+                    self.boundAddress.set(address)
+                    self.core.joinAddress.set(HostPort(host: self.core.settings.joinHost, port: address.port ?? 0))
+                }
+                try await group.waitForAll()
+            }
+        } onGracefulShutdown: {
+            self.core.registry.closeAll(reason: TetherError(.unavailable, "hub is shutting down"))
+            self.server.beginGracefulShutdown()
+        }
+    }
+}
+
+extension GRPCNIOTransportCore.SocketAddress {
+    static func ipv4OrV6(_ hp: HostPort) -> Self {
+        hp.host.contains(":") ? .ipv6(host: hp.host, port: hp.port) : .ipv4(host: hp.host, port: hp.port)
+    }
+
+    var ipv4OrIPv6: NIOCore.SocketAddress? {
+        if let v4 = ipv4 { return try? .init(ipAddress: v4.host, port: v4.port) }
+        if let v6 = ipv6 { return try? .init(ipAddress: v6.host, port: v6.port) }
+        return nil
+    }
+}

@@ -1,0 +1,263 @@
+import Crypto
+import Foundation
+import GRDB
+import Shared
+
+/// The hub's one database: a SQLite file in WAL mode, opened through GRDB. Every
+/// write the hub makes is a method here named for its intent, and each runs in one
+/// transaction, so a refused or failed operation leaves nothing half-written.
+///
+/// This is the narrow interface a PostgreSQL-backed store would implement for hubs
+/// that run as several replicas.
+final class HubDatabase: Sendable {
+    let writer: DatabasePool
+
+    /// Opens (creating on first use) the database at `path`. Refuses a file that is
+    /// not a SQLite database, one that fails its integrity check, and one written by
+    /// a newer hub, rather than recreating it and losing data.
+    init(path: String) throws {
+        var config = Configuration()
+        config.foreignKeysEnabled = true
+        config.busyMode = .timeout(5)
+        let pool: DatabasePool
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            try pool.read { db in
+                let result = try String.fetchOne(db, sql: "PRAGMA quick_check") ?? "no result"
+                guard result == "ok" else {
+                    throw TetherError(.storage, "integrity check failed: \(result)")
+                }
+            }
+        } catch let error as TetherError {
+            throw TetherError(.storage, "database \(path) is corrupt (\(error.message)); restore it from a backup. The hub will not recreate it.")
+        } catch {
+            throw TetherError(.storage, "cannot open database \(path): \(error). If the file is damaged, restore it from a backup; the hub will not recreate it.")
+        }
+        let migrator = Self.migrator
+        try pool.read { db in
+            if try migrator.hasBeenSuperseded(db) {
+                let unknown = try migrator.appliedIdentifiers(db).subtracting(migrator.migrations)
+                throw TetherError(.storage,
+                    "database \(path) was written by a newer tether-hub (schema \(unknown.sorted().joined(separator: ", "))); run that version or restore a backup")
+            }
+        }
+        try migrator.migrate(pool)
+        self.writer = pool
+    }
+
+    /// Append-only: never edit a migration that has shipped; add a new one.
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1-clusters-tokens-certificates") { db in
+            try db.create(table: "clusters") { t in
+                t.primaryKey("name", .text)
+                t.column("labels", .text).notNull().defaults(to: "{}")
+                t.column("createdAt", .datetime).notNull()
+                t.column("enrolledAt", .datetime)
+                t.column("lastSeen", .datetime)
+                t.column("agentVersion", .text)
+                t.column("certificateSerial", .text)
+                t.column("certificateExpiry", .datetime)
+                t.column("revokedAt", .datetime)
+            }
+            try db.create(table: "joinTokens") { t in
+                t.primaryKey("id", .text)
+                t.column("cluster", .text).notNull().indexed().references("clusters", onDelete: .cascade)
+                t.column("secretHash", .blob).notNull()
+                t.column("createdAt", .datetime).notNull()
+                t.column("expiresAt", .datetime).notNull()
+                t.column("usedAt", .datetime)
+                t.column("revokedAt", .datetime)
+            }
+            try db.create(table: "certificates") { t in
+                t.primaryKey("serial", .text)
+                t.column("cluster", .text).notNull().indexed().references("clusters", onDelete: .cascade)
+                t.column("purpose", .text).notNull().check { ["enroll", "renew"].contains($0) }
+                t.column("issuedAt", .datetime).notNull()
+                t.column("notAfter", .datetime).notNull()
+                t.column("revokedAt", .datetime)
+            }
+            try db.create(table: "adminTokens") { t in
+                t.primaryKey("tokenHash", .blob)
+                t.column("createdAt", .datetime).notNull()
+            }
+        }
+        return m
+    }
+
+    // MARK: Clusters
+
+    func addCluster(_ name: ClusterName, labels: [String: String], now: Date) throws -> ClusterRecord {
+        try writer.write { db in
+            if let existing = try ClusterRecord.fetchOne(db, key: name.rawValue) {
+                let state = existing.revokedAt == nil ? "" : " (removed; choose another name)"
+                throw TetherError(.alreadyExists, "cluster '\(name)' already exists\(state)")
+            }
+            let record = ClusterRecord(name: name.rawValue, labels: labels, createdAt: now)
+            try record.insert(db)
+            return record
+        }
+    }
+
+    func clusters() throws -> [ClusterRecord] {
+        try writer.read { db in try ClusterRecord.order(Column("name")).fetchAll(db) }
+    }
+
+    func cluster(_ name: ClusterName) throws -> ClusterRecord? {
+        try writer.read { db in try ClusterRecord.fetchOne(db, key: name.rawValue) }
+    }
+
+    /// Revokes a cluster: its certificates and open tokens stop working at once.
+    func revokeCluster(_ name: ClusterName, now: Date) throws -> ClusterRecord {
+        try writer.write { db in
+            guard var record = try ClusterRecord.fetchOne(db, key: name.rawValue) else {
+                throw TetherError(.notFound, "cluster '\(name)' not found")
+            }
+            if record.revokedAt == nil {
+                record.revokedAt = now
+                try record.update(db)
+                try db.execute(sql: "UPDATE certificates SET revokedAt = ? WHERE cluster = ? AND revokedAt IS NULL", arguments: [now, name.rawValue])
+                try db.execute(sql: "UPDATE joinTokens SET revokedAt = ? WHERE cluster = ? AND revokedAt IS NULL AND usedAt IS NULL", arguments: [now, name.rawValue])
+            }
+            return record
+        }
+    }
+
+    func recordHeartbeat(_ name: ClusterName, agentVersion: String, now: Date) throws {
+        try writer.write { db in
+            try db.execute(sql: "UPDATE clusters SET lastSeen = ?, agentVersion = ? WHERE name = ?",
+                           arguments: [now, agentVersion, name.rawValue])
+        }
+    }
+
+    // MARK: Join tokens
+
+    func createToken(id: String, cluster: ClusterName, secretHash: Data, expiresAt: Date, now: Date) throws -> JoinTokenRecord {
+        try writer.write { db in
+            guard let record = try ClusterRecord.fetchOne(db, key: cluster.rawValue) else {
+                throw TetherError(.notFound, "cluster '\(cluster)' not found; add it first with `tether-hub cluster add \(cluster)`")
+            }
+            guard record.revokedAt == nil else {
+                throw TetherError(.clusterRevoked, "cluster '\(cluster)' was removed; it cannot enroll again")
+            }
+            let token = JoinTokenRecord(id: id, cluster: cluster.rawValue, secretHash: secretHash, createdAt: now, expiresAt: expiresAt)
+            try token.insert(db)
+            return token
+        }
+    }
+
+    func tokens() throws -> [JoinTokenRecord] {
+        try writer.read { db in try JoinTokenRecord.order(Column("createdAt")).fetchAll(db) }
+    }
+
+    func revokeToken(id: String, now: Date) throws -> JoinTokenRecord {
+        try writer.write { db in
+            guard var token = try JoinTokenRecord.fetchOne(db, key: id) else {
+                throw TetherError(.notFound, "token '\(id)' not found")
+            }
+            if token.usedAt != nil {
+                throw TetherError(.tokenUsed, "token '\(id)' was already used; remove the cluster to cut off its agent")
+            }
+            if token.revokedAt == nil {
+                token.revokedAt = now
+                try token.update(db)
+            }
+            return token
+        }
+    }
+
+    /// Enrollment in one transaction: checks the token, lets `issue` sign the
+    /// certificate for the token's cluster, then consumes the token and records the
+    /// certificate and the enrollment. Any refusal or failure writes nothing.
+    func enroll(tokenID: String, secret: String, now: Date, issue: (ClusterName) throws -> IssuedCertificate) throws -> IssuedCertificate {
+        try writer.write { db in
+            let unknown = TetherError(.tokenUnknown, "join token is unknown or its secret is wrong; create a new one with `tether-hub token create`")
+            guard var token = try JoinTokenRecord.fetchOne(db, key: tokenID) else { throw unknown }
+            let presented = Data(SHA256.hash(data: Data(secret.utf8)))
+            guard constantTimeEqual(presented, token.secretHash) else { throw unknown }
+            if token.usedAt != nil {
+                throw TetherError(.tokenUsed, "join token \(tokenID) was already used (tokens are single use); create a new one with `tether-hub token create --cluster \(token.cluster)`")
+            }
+            if token.revokedAt != nil {
+                throw TetherError(.tokenRevoked, "join token \(tokenID) was revoked")
+            }
+            if token.expiresAt <= now {
+                throw TetherError(.tokenExpired, "join token \(tokenID) expired at \(iso8601(token.expiresAt)); create a new one with `tether-hub token create --cluster \(token.cluster)`")
+            }
+            let name = try ClusterName(token.cluster)
+            guard var cluster = try ClusterRecord.fetchOne(db, key: name.rawValue), cluster.revokedAt == nil else {
+                throw TetherError(.clusterRevoked, "cluster '\(name)' was removed; it cannot enroll")
+            }
+            let issued = try issue(name)
+            token.usedAt = now
+            try token.update(db)
+            // A new enrollment replaces the cluster's identity: older certificates stop working.
+            try db.execute(sql: "UPDATE certificates SET revokedAt = ? WHERE cluster = ? AND revokedAt IS NULL", arguments: [now, name.rawValue])
+            try CertificateRecord(serial: issued.serial, cluster: name.rawValue, purpose: "enroll", issuedAt: now, notAfter: issued.notAfter).insert(db)
+            cluster.enrolledAt = now
+            cluster.certificateSerial = issued.serial
+            cluster.certificateExpiry = issued.notAfter
+            try cluster.update(db)
+            return issued
+        }
+    }
+
+    func recordRenewal(_ name: ClusterName, issued: IssuedCertificate, now: Date) throws {
+        try writer.write { db in
+            guard let cluster = try ClusterRecord.fetchOne(db, key: name.rawValue), cluster.revokedAt == nil else {
+                throw TetherError(.clusterRevoked, "cluster '\(name)' was removed")
+            }
+            try CertificateRecord(serial: issued.serial, cluster: name.rawValue, purpose: "renew", issuedAt: now, notAfter: issued.notAfter).insert(db)
+            try db.execute(sql: "UPDATE clusters SET certificateSerial = ?, certificateExpiry = ? WHERE name = ?",
+                           arguments: [issued.serial, issued.notAfter, name.rawValue])
+        }
+    }
+
+    /// Whether a certificate the CA issued may still be used.
+    enum CertificateStanding: Equatable {
+        case active
+        case revoked
+        case unknown
+    }
+
+    func standing(ofCertificate serial: String) throws -> CertificateStanding {
+        try writer.read { db in
+            guard let cert = try CertificateRecord.fetchOne(db, key: serial) else { return .unknown }
+            return cert.revokedAt == nil ? .active : .revoked
+        }
+    }
+
+    func certificates(of name: ClusterName) throws -> [CertificateRecord] {
+        try writer.read { db in
+            try CertificateRecord.filter(Column("cluster") == name.rawValue).order(Column("issuedAt")).fetchAll(db)
+        }
+    }
+
+    // MARK: Admin credentials
+
+    func addAdminToken(hash: Data, now: Date) throws {
+        try writer.write { db in try AdminTokenRecord(tokenHash: hash, createdAt: now).insert(db) }
+    }
+
+    func isAdminToken(hash: Data) throws -> Bool {
+        try writer.read { db in try AdminTokenRecord.exists(db, key: hash) }
+    }
+}
+
+/// A certificate the CA just signed, before it is recorded.
+struct IssuedCertificate: Sendable {
+    var serial: String
+    var notAfter: Date
+    var pem: String
+}
+
+func constantTimeEqual(_ a: Data, _ b: Data) -> Bool {
+    guard a.count == b.count else { return false }
+    var diff: UInt8 = 0
+    for (x, y) in zip(a, b) { diff |= x ^ y }
+    return diff == 0
+}
+
+func iso8601(_ date: Date) -> String {
+    date.formatted(.iso8601)
+}

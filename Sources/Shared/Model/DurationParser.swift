@@ -1,0 +1,50 @@
+/// Parses the durations operators type: `90s`, `15m`, `24h`, `7d`, or combinations
+/// such as `1h30m`. A bare number is refused so that units are never guessed.
+public enum DurationParser {
+    public static func parse(_ text: String) throws -> Duration {
+        let fail = TetherError(.invalidArgument,
+            "invalid duration '\(text)': use a number with a unit, e.g. 90s, 15m, 24h, 7d or 1h30m")
+        var total: Double = 0
+        var number = ""
+        var sawUnit = false
+        for ch in text {
+            if ch.isNumber || ch == "." {
+                number.append(ch)
+                continue
+            }
+            guard let value = Double(number) else { throw fail }
+            let unit: Double
+            switch ch {
+            case "s": unit = 1
+            case "m": unit = 60
+            case "h": unit = 3600
+            case "d": unit = 86_400
+            default: throw fail
+            }
+            total += value * unit
+            number = ""
+            sawUnit = true
+        }
+        guard number.isEmpty, sawUnit, total > 0 else { throw fail }
+        return .milliseconds(Int64((total * 1000).rounded()))
+    }
+
+    /// Formats a duration the way `parse` reads it (largest units first).
+    public static func format(_ duration: Duration) -> String {
+        var seconds = Int64(duration.components.seconds)
+        if seconds == 0 { return "0s" }
+        var out = ""
+        for (unit, size) in [("d", Int64(86_400)), ("h", 3600), ("m", 60), ("s", 1)] where seconds >= size {
+            out += "\(seconds / size)\(unit)"
+            seconds %= size
+        }
+        return out
+    }
+}
+
+extension Duration {
+    /// The duration in seconds as a floating-point number.
+    public var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,39 @@
+/// An error a Tether operator can act on: a stable code plus a message written for people.
+///
+/// Converted to `RPCError` or an HTTP status only at the edges (gRPC services, admin API).
+public struct TetherError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// What went wrong, stable across releases so that clients can branch on it.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        public let rawValue: String
+        public init(_ rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        public static let invalidArgument = Code("invalid-argument")
+        public static let notFound = Code("not-found")
+        public static let alreadyExists = Code("already-exists")
+        public static let malformedJoinString = Code("malformed-join-string")
+        public static let tokenUnknown = Code("token-unknown")
+        public static let tokenUsed = Code("token-used")
+        public static let tokenExpired = Code("token-expired")
+        public static let tokenRevoked = Code("token-revoked")
+        public static let caPinMismatch = Code("ca-pin-mismatch")
+        public static let clusterRevoked = Code("cluster-revoked")
+        public static let certificateExpired = Code("certificate-expired")
+        public static let unauthenticated = Code("unauthenticated")
+        public static let protocolMismatch = Code("protocol-mismatch")
+        public static let badCSR = Code("bad-csr")
+        public static let storage = Code("storage")
+        public static let unavailable = Code("unavailable")
+        public static let internalError = Code("internal")
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}

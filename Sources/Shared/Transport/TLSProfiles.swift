@@ -1,0 +1,75 @@
+import Crypto
+import Foundation
+import GRPCNIOTransportHTTP2
+import NIOSSL
+import Synchronization
+import X509
+
+/// The transport security of each Tether gRPC connection, in one place.
+public enum TLSProfiles {
+    /// The hub's agent listener: TLS 1.2+ and a client certificate on every
+    /// connection, checked by `CertificateChecks.hubListenerCallback`.
+    public static func hubListener(
+        servingChainPEM: [String], servingKeyPEM: String, ca: Certificate,
+        onRefusal: @escaping @Sendable (String) -> Void
+    ) -> HTTP2ServerTransport.Posix.TransportSecurity {
+        .mTLS(
+            certificateChain: servingChainPEM.map { .bytes(Array($0.utf8), format: .pem) },
+            privateKey: .bytes(Array(servingKeyPEM.utf8), format: .pem)
+        ) { config in
+            config.clientCertificateVerification = .noHostnameVerification
+            let caPEM = (try? PKI.pem(ca)) ?? ""
+            config.trustRoots = .certificates([.bytes(Array(caPEM.utf8), format: .pem)])
+            config.customVerificationCallback = CertificateChecks.hubListenerCallback(ca: ca, onRefusal: onRefusal)
+        }
+    }
+
+    /// An enrolled agent's channel: its own certificate, the stored hub CA as the
+    /// only trust root, and hostname verification.
+    public static func agent(identity: AgentIdentity) -> HTTP2ClientTransport.Posix.TransportSecurity {
+        .mTLS(
+            certificateChain: [.bytes(Array(identity.certificatePEM.utf8), format: .pem)],
+            privateKey: .bytes(Array(identity.privateKeyPEM.utf8), format: .pem)
+        ) { config in
+            config.serverCertificateVerification = .fullVerification
+            config.trustRoots = .certificates([.bytes(Array(identity.caCertificatePEM.utf8), format: .pem)])
+        }
+    }
+
+    /// Enrollment: the agent does not have the CA yet, so it accepts the hub only if
+    /// the chain holds a CA with the pinned hash that issued a serving certificate
+    /// for the dialed host. `failure` receives the reason when the check fails, so
+    /// the caller can say "CA pin mismatch" rather than "handshake failed".
+    public static func enrollment(
+        pin: String, host: String, bootstrap: Certificate, key: P256.Signing.PrivateKey,
+        failure: VerificationFailure
+    ) throws -> HTTP2ClientTransport.Posix.TransportSecurity {
+        let certPEM = try PKI.pem(bootstrap)
+        return .mTLS(
+            certificateChain: [.bytes(Array(certPEM.utf8), format: .pem)],
+            privateKey: .bytes(Array(key.pemRepresentation.utf8), format: .pem)
+        ) { config in
+            config.serverCertificateVerification = .noHostnameVerification
+            config.trustRoots = .certificates([])
+            config.customVerificationCallback = { certificates, promise in
+                let chain = certificates.compactMap { try? Certificate(derEncoded: $0.toDERBytes()) }
+                switch CertificateChecks.checkPinnedServer(chain: chain, pin: pin, host: host) {
+                case .success:
+                    promise.succeed(.certificateVerified(VerificationMetadata(ValidatedCertificateChain(certificates))))
+                case .failure(let error):
+                    failure.record(error)
+                    promise.succeed(.failed)
+                }
+            }
+        }
+    }
+}
+
+/// The reason a custom certificate check failed, kept for the caller: a TLS
+/// handshake failure itself carries no reason a person could act on.
+public final class VerificationFailure: Sendable {
+    private let storage = Mutex<TetherError?>(nil)
+    public init() {}
+    public func record(_ error: TetherError) { storage.withLock { $0 = error } }
+    public var error: TetherError? { storage.withLock { $0 } }
+}
