@@ -73,3 +73,16 @@ public final class VerificationFailure: Sendable {
     public func record(_ error: TetherError) { storage.withLock { $0 = error } }
     public var error: TetherError? { storage.withLock { $0 } }
 }
+
+extension ResolvableTargets {
+    /// A target for a hub address: IP literals are dialled as such (TLS must not
+    /// send an IP address as SNI), names through DNS.
+    public static func hub(_ address: HostPort) -> any ResolvableTarget {
+        if let bytes = IPAddressBytes.parse(address.host) {
+            return bytes.count == 4
+                ? ResolvableTargets.IPv4(addresses: [.init(host: address.host, port: address.port)]) as any ResolvableTarget
+                : ResolvableTargets.IPv6(addresses: [.init(host: address.host, port: address.port)])
+        }
+        return ResolvableTargets.DNS(host: address.host, port: address.port)
+    }
+}

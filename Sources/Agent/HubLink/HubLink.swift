@@ -1,0 +1,243 @@
+import Crypto
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import ServiceLifecycle
+import Shared
+import Synchronization
+import X509
+
+/// The agent's one outbound channel to the hub, kept up forever: enroll once if
+/// there is no identity, then connect over mutual TLS, say Hello, send heartbeats,
+/// renew the certificate on the channel at two thirds of its life, and reconnect with
+/// capped, jittered backoff whenever the channel ends.
+final class HubLink: Service, Sendable {
+    let store: any IdentityStore
+    let joinString: JoinString?
+    let logger: Logger
+    let metrics: AgentMetrics
+    let startedAt = ContinuousClock.now
+    /// The hub's view of this agent, for readiness and tests.
+    let status = Locked(LinkStatus())
+
+    struct LinkStatus: Sendable {
+        var connected = false
+        var cluster: ClusterName?
+        var lastError: TetherError?
+        var renewals = 0
+        var channelsOpened = 0
+    }
+
+    init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics) {
+        self.store = store
+        self.joinString = joinString
+        self.logger = logger
+        self.metrics = metrics
+    }
+
+    func run() async throws {
+        var backoff = Backoff()
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                let identity = try await identityForConnecting()
+                status.withLock { $0.cluster = identity.cluster }
+                if try await runChannel(identity) { backoff.reset() }
+            } catch let error as TetherError {
+                status.withLock { $0.lastError = error }
+                switch error.code {
+                case .tokenUnknown, .tokenUsed, .tokenExpired, .tokenRevoked, .caPinMismatch, .malformedJoinString,
+                     .badCSR, .protocolMismatch, .storage:
+                    // Retrying cannot fix these; exit so the operator (or kubelet) sees it.
+                    logger.critical("cannot continue", metadata: ["reason": "\(error.code)", "error": "\(error.message)"])
+                    throw error
+                case .clusterRevoked:
+                    logger.error("this cluster was removed at the hub and its certificate revoked; retrying at the slowest rate",
+                                 metadata: ["error": "\(error.message)"])
+                    backoff.exhaust()
+                case .certificateExpired:
+                    logger.error("\(error.message)")
+                    backoff.exhaust()
+                default:
+                    logger.warning("hub channel failed", metadata: ["error": "\(error.message)"])
+                }
+            }
+            status.withLock { $0.connected = false }
+            metrics.connected.set(Int64(0))
+            if Task.isShuttingDownGracefully { break }
+            let delay = backoff.next()
+            logger.info("reconnecting", metadata: ["in": "\(String(format: "%.1f", delay.seconds))s"])
+            metrics.reconnects.increment()
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+        }
+        logger.info("hub link stopped")
+    }
+
+    /// The stored identity; enrolls first if there is none. An identity whose
+    /// certificate expired while the agent was offline is replaced by enrolling
+    /// again when a join token was given, and reported clearly otherwise.
+    func identityForConnecting() async throws -> AgentIdentity {
+        if let identity = try store.load() {
+            let notAfter = try identity.notValidAfter
+            guard notAfter <= Date() else {
+                if joinString != nil, status.withLock({ $0.channelsOpened == 0 }) {
+                    logger.info("an identity is stored; ignoring the join token", metadata: ["identity": "\(store.location)"])
+                }
+                return identity
+            }
+            guard let joinString else {
+                throw TetherError(.certificateExpired,
+                    "this agent's certificate expired at \(notAfter.formatted(.iso8601)) while it was offline; it cannot reconnect. Create a new token (tether-hub token create --cluster \(identity.cluster)) and restart the agent with --join-token")
+            }
+            logger.warning("stored certificate expired while offline; enrolling again with the join token", metadata: ["expired": "\(notAfter)"])
+            return try await enroll(joinString)
+        }
+        guard let joinString else {
+            throw TetherError(.storage, "no identity in \(store.location) and no join token: pass --join-token (or TETHER_JOIN_TOKEN) from `tether-hub token create`")
+        }
+        return try await enroll(joinString)
+    }
+
+    private func enroll(_ join: JoinString) async throws -> AgentIdentity {
+        let identity = try await cancelWhenGracefulShutdown {
+            try await Enroller(logger: self.logger).enroll(with: join)
+        }
+        try store.save(identity)
+        logger.info("identity stored", metadata: ["identity": "\(store.location)"])
+        return identity
+    }
+
+    /// One channel, from connect to close. Returns whether the hub welcomed us
+    /// (a healthy channel resets the backoff).
+    private func runChannel(_ identity: AgentIdentity) async throws -> Bool {
+        let transport = try HTTP2ClientTransport.Posix(
+            target: ResolvableTargets.hub(identity.hub),
+            transportSecurity: TLSProfiles.agent(identity: identity),
+            config: .defaults { config in
+                config.compression.algorithm = .gzip
+                config.compression.enabledAlgorithms = .all
+                config.connection.keepalive = .init(time: .seconds(30), timeout: .seconds(10), allowWithoutCalls: true)
+            })
+        let (outbox, outboxWriter) = AsyncStream.makeStream(of: Tether_V1_AgentMessage.self)
+        let current = Locked(identity)
+        var options = CallOptions.defaults
+        options.waitForReady = false
+        outboxWriter.yield(.with {
+            $0.hello = .with {
+                $0.protocolVersion = ProtocolVersion.current
+                $0.agentVersion = TetherVersion.current
+                $0.uptimeSeconds = (ContinuousClock.now - startedAt).seconds
+            }
+        })
+        do {
+            return try await withGRPCClient(transport: transport) { client in
+                try await withGracefulShutdownHandler {
+                    try await Tether_V1_AgentLink.Client(wrapping: client).connect(
+                        options: options,
+                        requestProducer: { writer in
+                            for await message in outbox { try await writer.write(message) }
+                        },
+                        onResponse: { response in
+                            try await self.handle(response.messages, outbox: outboxWriter, identity: current)
+                        })
+                } onGracefulShutdown: {
+                    // Half-close: the hub sees the agent leave cleanly and marks it offline at once.
+                    outboxWriter.finish()
+                }
+            }
+        } catch let error as RPCError {
+            throw TetherError(fromHub: error)
+        }
+    }
+
+    /// Reads the hub's messages; once welcomed, runs the heartbeat and renewal
+    /// timers until the hub's stream ends.
+    private func handle(
+        _ messages: RPCAsyncSequence<Tether_V1_HubMessage, any Error>,
+        outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation,
+        identity: Locked<AgentIdentity>
+    ) async throws -> Bool {
+        let pendingKey = Locked<P256.Signing.PrivateKey?>(nil)
+        var welcomed = false
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            defer { group.cancelAll() }
+            for try await message in messages {
+                switch message.kind {
+                case .welcome(let welcome):
+                    guard !welcomed else { continue }
+                    welcomed = true
+                    let interval = Duration.milliseconds(Int64(max(welcome.heartbeatIntervalSeconds, 0.05) * 1000))
+                    status.withLock {
+                        $0.connected = true
+                        $0.lastError = nil
+                        $0.channelsOpened += 1
+                    }
+                    metrics.connected.set(Int64(1))
+                    logger.notice("connected to hub", metadata: [
+                        "cluster": "\(welcome.clusterName)", "hubVersion": "\(welcome.hubVersion)",
+                        "heartbeat": "\(DurationParser.format(interval))"])
+                    group.addTask { try await self.sendHeartbeats(every: interval, outbox: outbox) }
+                    group.addTask { try await self.renewWhenDue(identity: identity, pendingKey: pendingKey, retry: max(interval, Duration.seconds(1)), outbox: outbox) }
+                case .renewed(let renewed):
+                    guard let key = pendingKey.withLock({ $0 }) else { continue }
+                    try acceptRenewal(renewed, key: key, identity: identity)
+                    pendingKey.withLock { $0 = nil }
+                case .heartbeatAck, .none:
+                    continue
+                }
+            }
+        }
+        return welcomed
+    }
+
+    private func sendHeartbeats(every interval: Duration, outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation) async throws {
+        while true {
+            try await Task.sleep(for: interval)
+            outbox.yield(.with {
+                $0.heartbeat = .with {
+                    $0.agentVersion = TetherVersion.current
+                    $0.uptimeSeconds = (ContinuousClock.now - startedAt).seconds
+                }
+            })
+        }
+    }
+
+    /// At two thirds of the certificate's life, asks for a new one for a new key on
+    /// this channel; asks again every `retry` until one arrives.
+    private func renewWhenDue(
+        identity: Locked<AgentIdentity>, pendingKey: Locked<P256.Signing.PrivateKey?>, retry: Duration,
+        outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation
+    ) async throws {
+        while true {
+            let due = try identity.withLock { try $0.renewalDate() }
+            let wait = due.timeIntervalSinceNow
+            if wait > 0 {
+                try await Task.sleep(for: .milliseconds(Int64(wait * 1000) + 1))
+                continue
+            }
+            let key = P256.Signing.PrivateKey()
+            pendingKey.withLock { $0 = key }
+            let csr = try PKI.makeCSR(key: key, commonName: "tether-agent")
+            logger.info("renewing certificate")
+            outbox.yield(.with { $0.renew = .with { $0.csrPem = csr } })
+            try await Task.sleep(for: retry)
+        }
+    }
+
+    private func acceptRenewal(_ renewed: Tether_V1_RenewResponse, key: P256.Signing.PrivateKey, identity: Locked<AgentIdentity>) throws {
+        var next = identity.withLock { $0 }
+        next.privateKeyPEM = key.pemRepresentation
+        next.certificatePEM = renewed.certificatePem
+        do {
+            try next.validate()
+        } catch {
+            logger.error("hub sent an unusable renewed certificate; keeping the current one", metadata: ["error": "\(error)"])
+            return
+        }
+        try store.save(next)
+        identity.withLock { $0 = next }
+        status.withLock { $0.renewals += 1 }
+        metrics.renewals.increment()
+        logger.info("certificate renewed", metadata: ["notAfter": "\((try? next.notValidAfter).map { "\($0)" } ?? "?")"])
+    }
+}
