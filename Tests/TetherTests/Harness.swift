@@ -1,0 +1,111 @@
+import Foundation
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Shared
+import TestSupport
+@testable import Agent
+@testable import Hub
+
+/// Tests log nothing unless TETHER_TEST_LOG is set.
+let testLogger: Logger = {
+    if ProcessInfo.processInfo.environment["TETHER_TEST_LOG"] != nil {
+        return Logger(label: "test", factory: { StreamLogHandler.standardError(label: $0) })
+    }
+    return Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+}()
+
+/// A real hub in this process: real TLS, real SQLite in a temp dir, real gRPC on
+/// loopback ports chosen by the kernel.
+final class TestHub: Sendable {
+    let server: HubServer
+    let task: Task<Void, any Error>
+    let dataDir: String
+    let agentPort: Int
+    let adminPort: Int
+
+    var core: HubCore { server.core }
+
+    static func start(
+        dataDir: String,
+        listenPort: Int = 0,
+        certificateLifetime: Duration = .seconds(3600),
+        heartbeatInterval: Duration = .seconds(10),
+        clock: HubClock = HubClock()
+    ) async throws -> TestHub {
+        var config = HubConfiguration()
+        config.dataDirectory = dataDir
+        config.listen = HostPort(host: "127.0.0.1", port: listenPort)
+        config.adminListen = HostPort(host: "127.0.0.1", port: 0)
+        config.advertise = ["127.0.0.1"]
+        config.certificateLifetime = certificateLifetime
+        config.heartbeatInterval = heartbeatInterval
+        let server = try HubServer(configuration: config, clock: clock, logger: testLogger)
+        let task = Task { try await server.run() }
+        let agent = await server.agentAddress
+        let admin = await server.adminAddress.value
+        return TestHub(server: server, task: task, dataDir: dataDir, agentPort: agent.port!, adminPort: admin.port!)
+    }
+
+    private init(server: HubServer, task: Task<Void, any Error>, dataDir: String, agentPort: Int, adminPort: Int) {
+        self.server = server
+        self.task = task
+        self.dataDir = dataDir
+        self.agentPort = agentPort
+        self.adminPort = adminPort
+    }
+
+    func stop() async throws {
+        await server.shutdown()
+        try await task.value
+    }
+
+    /// Registers `cluster` (if needed) and returns a fresh join string for it.
+    func join(_ cluster: String, ttl: Duration? = nil) throws -> JoinString {
+        let name = try ClusterName(cluster)
+        if try core.database.cluster(name) == nil {
+            _ = try core.addCluster(name, labels: [:])
+        }
+        return try core.createToken(cluster: name, ttl: ttl).1
+    }
+
+    func status(_ cluster: String) async throws -> ClusterView.Status? {
+        try await core.clusterViews().first { $0.name == cluster }?.status
+    }
+}
+
+/// A real agent's hub link in this process, run in its own ServiceGroup the way
+/// `tether-agent` runs it, with its identity in a temp dir.
+final class TestAgent: Sendable {
+    let link: HubLink
+    let group: ServiceGroup
+    let task: Task<Void, any Error>
+    let stateDir: String
+
+    static func start(stateDir: String, join: JoinString?) -> TestAgent {
+        let link = HubLink(store: FileIdentityStore(directory: stateDir), joinString: join, logger: testLogger, metrics: AgentMetrics())
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: link, successTerminationBehavior: .gracefullyShutdownGroup)],
+            logger: testLogger))
+        let task = Task { try await group.run() }
+        return TestAgent(link: link, group: group, task: task, stateDir: stateDir)
+    }
+
+    private init(link: HubLink, group: ServiceGroup, task: Task<Void, any Error>, stateDir: String) {
+        self.link = link
+        self.group = group
+        self.task = task
+        self.stateDir = stateDir
+    }
+
+    var isConnected: Bool { link.status.value.connected }
+
+    func waitUntilConnected(timeout: Duration = .seconds(10)) async throws {
+        try await eventually(timeout: timeout, "agent connected") { self.isConnected }
+    }
+
+    func stop() async throws {
+        await group.triggerGracefulShutdown()
+        try await task.value
+    }
+}
