@@ -51,9 +51,16 @@ final class ConnectionRegistry: Sendable {
         if let count { onChange(count) }
     }
 
-    /// Closes the cluster's open channel, if any, with `reason`.
+    /// Closes the cluster's open channel, if any, with `reason`, and forgets it at
+    /// once so the cluster no longer counts as connected while the RPC unwinds.
     func disconnect(_ cluster: ClusterName, reason: TetherError) {
-        state.withLock { $0.sessions[cluster] }?.close(reason)
+        let (session, count) = state.withLock { s in
+            let session = s.sessions.removeValue(forKey: cluster)
+            return (session, s.sessions.count)
+        }
+        guard let session else { return }
+        session.close(reason)
+        onChange(count)
     }
 
     /// Closes every channel: graceful shutdown.
