@@ -52,6 +52,8 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Everything the process writes (database, keys, identity) is private to it.
+        umask(0o077)
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = logLevel

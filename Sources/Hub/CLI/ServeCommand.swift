@@ -60,6 +60,8 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // Everything the process writes (database, keys, identity) is private to it.
+        umask(0o077)
         LogSetup.bootstrap(level: logLevel)
         let logger = Logger(label: "tether.hub")
         let hub = try HubServer(configuration: try parsed(), logger: logger, signals: [.sigterm, .sigint])

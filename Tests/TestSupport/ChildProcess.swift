@@ -1,0 +1,77 @@
+import Foundation
+import Shared
+
+/// A built binary run as a child process, its output captured for assertions.
+public final class ChildProcess: Sendable {
+    public let process: Process
+    private let captured = Locked("")
+    private let exit = AsyncValue<Int32>()
+
+    /// The directory holding the package's built products (next to the test bundle).
+    public static var productsDirectory: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    }
+
+    public static func binary(_ name: String) throws -> String {
+        let path = productsDirectory.appendingPathComponent(name).path
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw TimedOut(what: "\(name) binary at \(path) (run `swift build` first)", after: .zero)
+        }
+        return path
+    }
+
+    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env.removeValue(forKey: "TETHER_JOIN_TOKEN")
+        env.removeValue(forKey: "TETHER_CREDENTIALS")
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        process.standardInput = FileHandle.nullDevice
+        let captured = self.captured
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if !data.isEmpty { captured.withLock { $0 += String(decoding: data, as: UTF8.self) } }
+        }
+        let exit = self.exit
+        process.terminationHandler = { p in exit.set(p.terminationStatus) }
+        try process.run()
+    }
+
+    public var output: String { captured.value }
+
+    public func waitForOutput(containing text: String, timeout: Duration = .seconds(30)) async throws {
+        try await eventually(timeout: timeout, "output containing '\(text)'; got:\n\(output)") { self.output.contains(text) }
+    }
+
+    public func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+    public func waitForExit() async -> Int32 { await exit.value }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+/// Runs a short command to completion: exit status, stdout and stderr apart.
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    process.environment = env
+    let out = Pipe(), err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    let stdout = out.fileHandleForReading.readDataToEndOfFile()
+    let stderr = err.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+}
