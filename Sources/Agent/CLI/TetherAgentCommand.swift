@@ -4,6 +4,8 @@ import Logging
 import ServiceLifecycle
 import Shared
 import UnixSignals
+import Hummingbird
+import HummingbirdTLS
 
 /// `tether-agent`: runs in a cluster and keeps one outbound channel to the hub.
 @main
@@ -12,7 +14,7 @@ struct TetherAgentCommand: AsyncParsableCommand {
         commandName: "tether-agent",
         abstract: "Tether agent: connects a cluster to its Tether hub.",
         version: TetherVersion.current,
-        subcommands: [RunCommand.self],
+        subcommands: [RunCommand.self, AuditKubeconfigCommand.self],
         defaultSubcommand: RunCommand.self)
 }
 
@@ -36,6 +38,18 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Health, readiness and metrics over plain HTTP; 'none' to disable.", valueName: "host:port"))
     var healthListen = "0.0.0.0:9090"
 
+    @Option(help: ArgumentHelp("HTTPS endpoint for the API server's audit webhook (path /audit); 'none' to disable.", valueName: "host:port"))
+    var auditListen = "0.0.0.0:8444"
+
+    @Option(help: ArgumentHelp("Most disk the audit spool may use before the webhook answers 429 (e.g. 512Mi, 1Gi).", valueName: "size"))
+    var auditSpoolMax = "1Gi"
+
+    @Option(help: ArgumentHelp("Serve this certificate (PEM) on the audit endpoint instead of the agent's own.", valueName: "path"))
+    var auditTlsCert: String?
+
+    @Option(help: ArgumentHelp("Key (PEM) for --audit-tls-cert.", valueName: "path"))
+    var auditTlsKey: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -49,6 +63,11 @@ struct RunCommand: AsyncParsableCommand {
         guard resolvedStateDir != nil else { throw ValidationError("--state-dir (or TETHER_STATE_DIR) is required") }
         if let token = resolvedJoinToken { _ = try JoinString(parsing: token) }
         if healthListen != "none" { _ = try HostPort(parsing: healthListen) }
+        if auditListen != "none" { _ = try HostPort(parsing: auditListen) }
+        _ = try ByteSize.parse(auditSpoolMax)
+        guard (auditTlsCert == nil) == (auditTlsKey == nil) else {
+            throw ValidationError("--audit-tls-cert and --audit-tls-key go together")
+        }
     }
 
     func run() async throws {
@@ -61,21 +80,88 @@ struct RunCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "tether.agent")
         let metrics = AgentMetrics()
+        let stateDir = resolvedStateDir!
+        let spool = try AuditSpool(directory: stateDir + "/audit-spool", limit: try ByteSize.parse(auditSpoolMax))
         let link = HubLink(
-            store: FileIdentityStore(directory: resolvedStateDir!),
+            store: FileIdentityStore(directory: stateDir),
             joinString: try resolvedJoinToken.map { try JoinString(parsing: $0) },
-            logger: logger, metrics: metrics)
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: link, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup)
-        ]
+            logger: logger, metrics: metrics,
+            participants: [AuditForwarder(spool: spool, metrics: metrics, logger: logger)])
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if healthListen != "none" {
-            services.insert(.init(service: HealthServer.make(listen: try HostPort(parsing: healthListen), link: link, metrics: metrics) { address in
+            services.append(.init(service: HealthServer.make(listen: try HostPort(parsing: healthListen), link: link, metrics: metrics, spool: spool) { address in
                 logger.info("health endpoint listening", metadata: ["address": "\(address)"])
-            }), at: 0)
+            }))
         }
+        if auditListen != "none" {
+            let endpoint = try AuditEndpoint.load(
+                stateDir: stateDir, names: AuditEndpoint.defaultNames(namespace: ProcessInfo.processInfo.environment["POD_NAMESPACE"]),
+                certFile: auditTlsCert, keyFile: auditTlsKey)
+            let listen = try HostPort(parsing: auditListen)
+            services.append(.init(service: Application(
+                router: AuditReceiver.makeRouter(spool: spool, token: endpoint.token, metrics: metrics, logger: logger),
+                server: try .tls(tlsConfiguration: endpoint.tlsConfiguration()),
+                configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "tether-agent-audit"),
+                onServerRunning: { channel in
+                    logger.info("audit webhook listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")", "path": "/audit"])
+                },
+                logger: logger)))
+        }
+        services.append(.init(service: link, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// `tether-agent audit-kubeconfig`: what an API server's `--audit-webhook-config-file` needs.
+struct AuditKubeconfigCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "audit-kubeconfig",
+        abstract: "Print the kubeconfig for the API server's --audit-webhook-config-file.",
+        discussion: """
+            Run it where the agent keeps its state (in the pod: kubectl exec). Point the API \
+            server at the agent's Service, e.g. --server https://tether-agent.tether-system.svc:8444/audit, \
+            and set --audit-webhook-config-file to the printed file and --audit-policy-file to your policy.
+            """)
+
+    @Option(help: ArgumentHelp("The URL the API server posts to.", valueName: "url"))
+    var server: String
+
+    @Option(help: ArgumentHelp("The agent's state dir (env TETHER_STATE_DIR).", valueName: "dir"))
+    var stateDir: String?
+
+    @Option(help: ArgumentHelp("The certificate served with --audit-tls-cert, if any (its issuer is what the API server must trust).", valueName: "path"))
+    var auditTlsCert: String?
+
+    func validate() throws {
+        guard let url = URL(string: server), url.scheme == "https", url.host != nil else {
+            throw ValidationError("--server must be an https:// URL, e.g. https://tether-agent.tether-system.svc:8444/audit")
+        }
+        guard stateDir ?? ProcessInfo.processInfo.environment["TETHER_STATE_DIR"] != nil else {
+            throw ValidationError("--state-dir (or TETHER_STATE_DIR) is required")
+        }
+    }
+
+    func run() throws {
+        let dir = stateDir ?? ProcessInfo.processInfo.environment["TETHER_STATE_DIR"]!
+        var endpoint = try AuditEndpoint.load(stateDir: dir, names: ["localhost"], certFile: nil, keyFile: nil)
+        if let auditTlsCert {
+            endpoint.caPEM = try String(contentsOfFile: auditTlsCert, encoding: .utf8)
+        }
+        print(endpoint.kubeconfig(server: server), terminator: "")
+    }
+}
+
+/// Sizes as Kubernetes writes them: 512Mi, 1Gi, 100M, or bytes.
+enum ByteSize {
+    static func parse(_ text: String) throws -> Int64 {
+        let units: [(String, Int64)] = [("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("K", 1000), ("M", 1_000_000), ("G", 1_000_000_000)]
+        for (suffix, factor) in units where text.hasSuffix(suffix) {
+            if let n = Int64(text.dropLast(suffix.count)), n > 0 { return n * factor }
+        }
+        if let n = Int64(text), n > 0 { return n }
+        throw ValidationError("invalid size '\(text)': use bytes or a unit, e.g. 512Mi or 1Gi")
+    }
+}

@@ -1,3 +1,4 @@
+import Foundation
 import Prometheus
 
 /// The agent's Prometheus metrics, served on its health listener's `/metrics`.
@@ -6,15 +7,42 @@ final class AgentMetrics: Sendable {
     let connected: Gauge
     let reconnects: Counter
     let renewals: Counter
+    let auditReceived: Counter
+    let auditForwarded: Counter
+    let auditAcknowledged: Gauge
+    let auditSpooledBytes: Gauge
+    let auditOldestUnacknowledgedAge: Gauge
 
     init() {
         connected = registry.makeGauge(name: "tether_agent_hub_connected", help: "1 while the channel to the hub is up.")
         reconnects = registry.makeCounter(name: "tether_agent_reconnects_total", help: "Channel attempts after a failure or close.")
         renewals = registry.makeCounter(name: "tether_agent_certificate_renewals_total", help: "Certificates renewed on the channel.")
+        auditReceived = registry.makeCounter(name: "tether_agent_audit_events_received_total", help: "Audit events accepted and spooled.")
+        auditForwarded = registry.makeCounter(name: "tether_agent_audit_events_forwarded_total", help: "Audit events sent to the hub (resends included).")
+        auditAcknowledged = registry.makeGauge(name: "tether_agent_audit_acknowledged_sequence", help: "Highest sequence the hub has stored.")
+        auditSpooledBytes = registry.makeGauge(name: "tether_agent_audit_spool_bytes", help: "Bytes in the audit spool.")
+        auditOldestUnacknowledgedAge = registry.makeGauge(
+            name: "tether_agent_audit_oldest_unacknowledged_seconds", help: "Age of the oldest event the hub has not acknowledged (0 if none).")
         connected.set(Int64(0))
+        for reason in Self.rejectionReasons { rejected(reason).increment(by: Int64(0)) }
     }
 
-    func exposition() -> String {
+    static let rejectionReasons = ["malformed", "oversized", "spool-full", "unauthorized", "storage-error"]
+
+    private func rejected(_ reason: String) -> Counter {
+        registry.makeCounter(
+            descriptor: .init(metricName: "tether_agent_audit_batches_rejected_total", helpText: "Audit webhook requests refused, by reason."),
+            labels: [("reason", reason)])
+    }
+
+    func auditRejected(_ reason: String) { rejected(reason).increment() }
+
+    func exposition(spool: AuditSpool? = nil) -> String {
+        if let spool {
+            auditSpooledBytes.set(spool.sizeInBytes)
+            let oldest = (try? spool.oldestUnacknowledged()).flatMap { $0 }
+            auditOldestUnacknowledgedAge.set(oldest.map { max(0, Date().timeIntervalSince($0)) } ?? 0)
+        }
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
         return String(decoding: buffer, as: UTF8.self)

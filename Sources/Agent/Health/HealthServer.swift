@@ -6,7 +6,7 @@ import Shared
 /// Plain-HTTP `/healthz` (the process is up), `/readyz` (an identity is loaded) and
 /// `/metrics`, for kubelet probes and Prometheus inside the cluster.
 enum HealthServer {
-    static func make(listen: HostPort, link: HubLink, metrics: AgentMetrics, onBound: @escaping @Sendable (SocketAddress) -> Void) -> some Service {
+    static func make(listen: HostPort, link: HubLink, metrics: AgentMetrics, spool: AuditSpool? = nil, onBound: @escaping @Sendable (SocketAddress) -> Void) -> some Service {
         let router = Router()
         router.get("/healthz") { _, _ in "ok\n" }
         router.get("/readyz") { _, _ -> Response in
@@ -16,7 +16,7 @@ enum HealthServer {
         }
         router.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
-                     body: .init(byteBuffer: ByteBuffer(string: metrics.exposition())))
+                     body: .init(byteBuffer: ByteBuffer(string: metrics.exposition(spool: spool))))
         }
         return Application(
             router: router,

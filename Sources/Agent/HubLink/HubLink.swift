@@ -20,6 +20,8 @@ final class HubLink: Service, Sendable {
     let startedAt = ContinuousClock.now
     /// The hub's view of this agent, for readiness and tests.
     let status = Locked(LinkStatus())
+    /// What else runs over the channel while it is up (the audit forwarder).
+    let participants: [any ChannelParticipant]
 
     struct LinkStatus: Sendable {
         var connected = false
@@ -29,7 +31,8 @@ final class HubLink: Service, Sendable {
         var channelsOpened = 0
     }
 
-    init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics) {
+    init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics, participants: [any ChannelParticipant] = []) {
+        self.participants = participants
         self.store = store
         self.joinString = joinString
         self.logger = logger
@@ -138,7 +141,7 @@ final class HubLink: Service, Sendable {
                             for await message in outbox { try await writer.write(message) }
                         },
                         onResponse: { response in
-                            try await self.handle(response.messages, outbox: outboxWriter, identity: current)
+                            try await self.handle(response.messages, outbox: outboxWriter, identity: current, client: client)
                         })
                 } onGracefulShutdown: {
                     // Half-close: the hub sees the agent leave cleanly and marks it offline at once.
@@ -155,7 +158,8 @@ final class HubLink: Service, Sendable {
     private func handle(
         _ messages: RPCAsyncSequence<Tether_V1_HubMessage, any Error>,
         outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation,
-        identity: Locked<AgentIdentity>
+        identity: Locked<AgentIdentity>,
+        client: GRPCClient<HTTP2ClientTransport.Posix>
     ) async throws -> Bool {
         let pendingKey = Locked<P256.Signing.PrivateKey?>(nil)
         var welcomed = false
@@ -177,6 +181,9 @@ final class HubLink: Service, Sendable {
                         "cluster": "\(welcome.clusterName)", "hubVersion": "\(welcome.hubVersion)",
                         "heartbeat": "\(DurationParser.format(interval))"])
                     group.addTask { try await self.sendHeartbeats(every: interval, outbox: outbox) }
+                    for participant in participants {
+                        group.addTask { try await participant.run(over: client) }
+                    }
                     group.addTask { try await self.renewWhenDue(identity: identity, pendingKey: pendingKey, retry: max(interval, Duration.seconds(1)), outbox: outbox) }
                 case .renewed(let renewed):
                     guard let key = pendingKey.withLock({ $0 }) else { continue }

@@ -25,7 +25,10 @@ enum AdminServer {
                      body: .init(byteBuffer: ByteBuffer(string: core.metrics.exposition())))
         }
 
-        let v1 = router.group("v1").add(middleware: BearerAuthMiddleware(database: core.database))
+        let v1 = router.group("v1")
+            .add(middleware: BearerAuthMiddleware(database: core.database))
+            .add(middleware: AuditReadsMiddleware(core: core))
+        addAuditRoutes(to: v1, core: core)
         v1.post("clusters") { request, context -> Response in
             let body = try await request.decode(as: AddClusterRequest.self, context: context)
             let record = try core.addCluster(try ClusterName(body.name), labels: body.labels ?? [:])

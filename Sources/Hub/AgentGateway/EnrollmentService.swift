@@ -15,7 +15,8 @@ struct EnrollmentService: Tether_V1_Enrollment.SimpleServiceProtocol {
         }
         do {
             let (cluster, issued) = try core.enroll(
-                tokenID: request.tokenID, secret: request.tokenSecret, csrPEM: request.csrPem, bootstrapKey: bootstrap.publicKey)
+                tokenID: request.tokenID, secret: request.tokenSecret, csrPEM: request.csrPem, bootstrapKey: bootstrap.publicKey,
+                from: context.remotePeer)
             var response = Tether_V1_EnrollResponse()
             response.protocolVersion = ProtocolVersion.current
             response.clusterName = cluster.rawValue

@@ -24,11 +24,42 @@ struct AdminClient {
         self.credentialsPath = credentialsPath
     }
 
-    func call<Response: Decodable>(_ method: HTTPMethod, _ path: String, body: (some Encodable)? = Optional<String>.none, as: Response.Type = Response.self) async throws -> Response {
+    /// GETs `path` and hands the body to `onChunk` as it arrives.
+    func stream(_ path: String, onChunk: (ByteBuffer) throws -> Void) async throws {
+        let client = try makeHTTPClient()
+        do {
+            var request = HTTPClientRequest(url: credentials.server + path)
+            request.headers.add(name: "Authorization", value: "Bearer \(credentials.token)")
+            let response: HTTPClientResponse
+            do {
+                response = try await client.execute(request, timeout: .hours(24))
+            } catch {
+                throw TetherError(.unavailable, "cannot reach the hub's admin API at \(credentials.server): \(error); is `tether-hub serve` running?")
+            }
+            guard (200..<300).contains(response.status.code) else {
+                let data = Data(buffer: try await response.body.collect(upTo: 1 << 20))
+                if let failure = try? JSONDecoder().decode(ErrorBody.self, from: data) {
+                    throw TetherError(.init(failure.error.code), failure.error.message)
+                }
+                throw TetherError(.internalError, "hub answered \(response.status)")
+            }
+            for try await chunk in response.body { try onChunk(chunk) }
+            try await client.shutdown()
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+    }
+
+    private func makeHTTPClient() throws -> HTTPClient {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv12
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(credentials.caCertificate.utf8)))
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+    }
+
+    func call<Response: Decodable>(_ method: HTTPMethod, _ path: String, body: (some Encodable)? = Optional<String>.none, as: Response.Type = Response.self) async throws -> Response {
+        let client = try makeHTTPClient()
         do {
             var request = HTTPClientRequest(url: credentials.server + path)
             request.method = method

@@ -36,6 +36,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Heartbeat interval told to agents; three missed ones mark an agent offline.", valueName: "duration"))
     var heartbeatInterval = "10s"
 
+    @Option(help: ArgumentHelp("Keep audit events this long; older ones are pruned hourly.", valueName: "duration"))
+    var auditRetention = "90d"
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -53,6 +56,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         config.certificateLifetime = try DurationParser.parse(certificateLifetime)
         config.heartbeatInterval = try DurationParser.parse(heartbeatInterval)
+        config.auditRetention = try DurationParser.parse(auditRetention)
         guard config.certificateLifetime >= .seconds(2) else {
             throw ValidationError("--certificate-lifetime must be at least 2s")
         }

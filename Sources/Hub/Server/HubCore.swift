@@ -30,6 +30,8 @@ final class HubCore: Sendable {
     let logger: Logger
     /// Where join strings send agents; set once the agent listener is bound.
     let joinAddress = AsyncValue<HostPort>()
+    /// Serialises the hub's own audit events so each gets the next sequence.
+    let hubAuditLock = Locked(())
 
     init(database: HubDatabase, ca: CertificateAuthority, settings: HubSettings, clock: HubClock, metrics: HubMetrics, logger: Logger) {
         self.database = database
@@ -43,9 +45,10 @@ final class HubCore: Sendable {
 
     // MARK: Clusters
 
-    func addCluster(_ name: ClusterName, labels: [String: String]) throws -> ClusterRecord {
+    func addCluster(_ name: ClusterName, labels: [String: String], by caller: Caller = .operator) throws -> ClusterRecord {
         for (key, value) in labels { try LabelRules.validate(key: key, value: value) }
         let record = try database.addCluster(name, labels: labels, now: clock.now())
+        audit(HubAction(verb: "create", resource: "clusters", name: name.rawValue, user: caller.user, code: 201, sourceIP: caller.address))
         logger.info("cluster added", metadata: ["cluster": "\(name)"])
         return record
     }
@@ -56,8 +59,10 @@ final class HubCore: Sendable {
     }
 
     /// Revokes the cluster's certificates and closes its open channel.
-    func removeCluster(_ name: ClusterName) async throws -> ClusterView {
+    func removeCluster(_ name: ClusterName, by caller: Caller = .operator) async throws -> ClusterView {
         let record = try database.revokeCluster(name, now: clock.now())
+        audit(HubAction(verb: "delete", resource: "clusters", name: name.rawValue, user: caller.user, code: 200, sourceIP: caller.address,
+                        message: "certificates revoked"))
         registry.disconnect(name, reason: TetherError(.clusterRevoked, "cluster '\(name)' was removed at the hub; its certificate is revoked"))
         logger.notice("cluster removed; certificates revoked", metadata: ["cluster": "\(name)"])
         return ClusterView(record: record, online: false)
@@ -65,7 +70,7 @@ final class HubCore: Sendable {
 
     // MARK: Tokens
 
-    func createToken(cluster: ClusterName, ttl: Duration?) throws -> (JoinTokenRecord, JoinString) {
+    func createToken(cluster: ClusterName, ttl: Duration?, by caller: Caller = .operator) throws -> (JoinTokenRecord, JoinString) {
         let ttl = ttl ?? HubSettings.defaultTokenTTL
         guard ttl > .zero, ttl <= HubSettings.maxTokenTTL else {
             throw TetherError(.invalidArgument, "token TTL must be more than 0 and at most 7d (got \(DurationParser.format(ttl)))")
@@ -82,6 +87,8 @@ final class HubCore: Sendable {
             throw TetherError(.unavailable, "the agent listener is not up yet; try again in a moment")
         }
         let join = JoinString(hub: address, tokenID: id, secret: secret, caHash: try PKI.fingerprint(ca.certificate))
+        audit(HubAction(verb: "create", resource: "jointokens", name: id, user: caller.user, code: 201, sourceIP: caller.address,
+                        message: "for cluster \(cluster)"))
         logger.info("join token created", metadata: ["cluster": "\(cluster)", "token": "\(id)", "expires": "\(iso8601(record.expiresAt))"])
         return (record, join)
     }
@@ -91,8 +98,9 @@ final class HubCore: Sendable {
         return try database.tokens().map { TokenView(record: $0, now: now) }
     }
 
-    func revokeToken(id: String) throws -> TokenView {
+    func revokeToken(id: String, by caller: Caller = .operator) throws -> TokenView {
         let record = try database.revokeToken(id: id, now: clock.now())
+        audit(HubAction(verb: "delete", resource: "jointokens", name: id, user: caller.user, code: 200, sourceIP: caller.address))
         logger.info("join token revoked", metadata: ["token": "\(id)"])
         return TokenView(record: record, now: clock.now())
     }
@@ -102,7 +110,7 @@ final class HubCore: Sendable {
     /// Enrolls an agent: the CSR's key must be the key of the bootstrap certificate
     /// the agent connected with, and the token must be valid. Returns the cluster
     /// and its new certificate.
-    func enroll(tokenID: String, secret: String, csrPEM: String, bootstrapKey: Certificate.PublicKey) throws -> (ClusterName, IssuedCertificate) {
+    func enroll(tokenID: String, secret: String, csrPEM: String, bootstrapKey: Certificate.PublicKey, from address: String? = nil) throws -> (ClusterName, IssuedCertificate) {
         let csr = try CertificateAuthority.parseCSR(csrPEM)
         guard csr.publicKey == bootstrapKey else {
             throw TetherError(.badCSR, "the CSR's key is not the key of the certificate this connection was made with")
@@ -115,10 +123,14 @@ final class HubCore: Sendable {
                 return try ca.issueAgentCertificate(for: csr.publicKey, cluster: name, lifetime: settings.certificateLifetime, now: now)
             }
             metrics.enrollments.increment()
+            audit(HubAction(verb: "create", resource: "enrollments", name: cluster!.rawValue, user: "jointoken:\(tokenID)", code: 201,
+                            sourceIP: address, message: "certificate \(issued.serial)"))
             logger.notice("agent enrolled", metadata: ["cluster": "\(cluster!)", "token": "\(tokenID)", "serial": "\(issued.serial)"])
             return (cluster!, issued)
         } catch let error as TetherError {
             metrics.enrollmentRefusals.increment()
+            audit(HubAction(verb: "create", resource: "enrollments", name: nil, user: "jointoken:\(tokenID)", code: 401,
+                            sourceIP: address, message: error.code.rawValue))
             logger.warning("enrollment refused", metadata: ["token": "\(tokenID)", "reason": "\(error.code)"])
             throw error
         }
@@ -131,7 +143,16 @@ final class HubCore: Sendable {
         let issued = try ca.issueAgentCertificate(for: csr.publicKey, cluster: cluster, lifetime: settings.certificateLifetime, now: now)
         try database.recordRenewal(cluster, issued: issued, now: now)
         metrics.renewals.increment()
+        audit(HubAction(verb: "create", resource: "certificates", name: cluster.rawValue, user: "agent:\(cluster)", code: 201,
+                        message: "renewed as \(issued.serial)"))
         logger.info("agent certificate renewed", metadata: ["cluster": "\(cluster)", "serial": "\(issued.serial)", "notAfter": "\(iso8601(issued.notAfter))"])
         return issued
     }
+}
+
+/// Who asked the hub to act, for its audit log.
+struct Caller: Sendable {
+    var user: String
+    var address: String?
+    static let `operator` = Caller(user: "admin", address: nil)
 }

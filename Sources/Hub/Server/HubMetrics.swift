@@ -10,6 +10,7 @@ final class HubMetrics: Sendable {
     let renewals: Counter
     let handshakeRefusals: Counter
     let rpcRefusals: Counter
+    let auditEventsStored: Counter
 
     init() {
         agentsConnected = registry.makeGauge(name: "tether_agents_connected", help: "Agents with an open channel to this hub.")
@@ -18,6 +19,7 @@ final class HubMetrics: Sendable {
         renewals = registry.makeCounter(name: "tether_certificate_renewals_total", help: "Agent certificates renewed.")
         handshakeRefusals = registry.makeCounter(name: "tether_agent_tls_refusals_total", help: "TLS handshakes refused on the agent listener.")
         rpcRefusals = registry.makeCounter(name: "tether_agent_rpc_refusals_total", help: "Agent RPCs refused for a revoked, unknown or wrong certificate.")
+        auditEventsStored = registry.makeCounter(name: "tether_audit_events_ingested_total", help: "Audit events received from agents and the hub itself.")
         agentsConnected.set(Int64(0))
     }
 

@@ -18,6 +18,7 @@ struct HubConfiguration: Sendable {
     var advertise: [String] = HubConfiguration.defaultAdvertise
     var certificateLifetime: Duration = .seconds(24 * 3600)
     var heartbeatInterval: Duration = .seconds(10)
+    var auditRetention: Duration = .seconds(90 * 86_400)
 
     static var defaultAdvertise: [String] {
         var names: [String] = []
@@ -85,7 +86,8 @@ final class HubServer: Sendable {
             logger: logger)
 
         group = ServiceGroup(configuration: .init(
-            services: [.init(service: admin), .init(service: gateway)],
+            services: [.init(service: AuditRetentionService(core: core, retention: configuration.auditRetention)),
+                       .init(service: admin), .init(service: gateway)],
             gracefulShutdownSignals: signals,
             cancellationSignals: [],
             logger: logger))

@@ -82,6 +82,7 @@ final class HubDatabase: Sendable {
                 t.column("createdAt", .datetime).notNull()
             }
         }
+        registerAuditMigrations(&m)
         return m
     }
 

@@ -368,9 +368,23 @@ public enum Tether_V1_AgentLink: Sendable {
                 type: .bidirectionalStreaming
             )
         }
+        /// Namespace for "StreamAudit" metadata.
+        public enum StreamAudit: Sendable {
+            /// Request type for "StreamAudit".
+            public typealias Input = Tether_V1_AuditBatch
+            /// Response type for "StreamAudit".
+            public typealias Output = Tether_V1_AuditAck
+            /// Descriptor for "StreamAudit".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "tether.v1.AgentLink"),
+                method: "StreamAudit",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Descriptors for all methods in the "tether.v1.AgentLink" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
-            Connect.descriptor
+            Connect.descriptor,
+            StreamAudit.descriptor
         ]
     }
 }
@@ -419,6 +433,26 @@ extension Tether_V1_AgentLink {
             request: GRPCCore.StreamingServerRequest<Tether_V1_AgentMessage>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_HubMessage>
+
+        /// Handle the "StreamAudit" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Audit events from the agent's disk spool, in sequence order. The hub first
+        /// > sends the highest sequence it has stored for the cluster, then acknowledges
+        /// > after each batch is durable; the agent trims its spool only up to an ack.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Tether_V1_AuditBatch` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Tether_V1_AuditAck` messages.
+        func streamAudit(
+            request: GRPCCore.StreamingServerRequest<Tether_V1_AuditBatch>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_AuditAck>
     }
 
     /// Service protocol for the "tether.v1.AgentLink" service.
@@ -451,6 +485,26 @@ extension Tether_V1_AgentLink {
             request: GRPCCore.StreamingServerRequest<Tether_V1_AgentMessage>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_HubMessage>
+
+        /// Handle the "StreamAudit" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Audit events from the agent's disk spool, in sequence order. The hub first
+        /// > sends the highest sequence it has stored for the cluster, then acknowledges
+        /// > after each batch is durable; the agent trims its spool only up to an ack.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Tether_V1_AuditBatch` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Tether_V1_AuditAck` messages.
+        func streamAudit(
+            request: GRPCCore.StreamingServerRequest<Tether_V1_AuditBatch>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_AuditAck>
     }
 
     /// Simple service protocol for the "tether.v1.AgentLink" service.
@@ -482,6 +536,27 @@ extension Tether_V1_AgentLink {
             response: GRPCCore.RPCWriter<Tether_V1_HubMessage>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "StreamAudit" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Audit events from the agent's disk spool, in sequence order. The hub first
+        /// > sends the highest sequence it has stored for the cluster, then acknowledges
+        /// > after each batch is durable; the agent trims its spool only up to an ack.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Tether_V1_AuditBatch` messages.
+        ///   - response: A response stream of `Tether_V1_AuditAck` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func streamAudit(
+            request: GRPCCore.RPCAsyncSequence<Tether_V1_AuditBatch, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Tether_V1_AuditAck>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -495,6 +570,17 @@ extension Tether_V1_AgentLink.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Tether_V1_HubMessage>(),
             handler: { request, context in
                 try await self.connect(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Tether_V1_AgentLink.Method.StreamAudit.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Tether_V1_AuditBatch>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Tether_V1_AuditAck>(),
+            handler: { request, context in
+                try await self.streamAudit(
                     request: request,
                     context: context
                 )
@@ -519,6 +605,23 @@ extension Tether_V1_AgentLink.SimpleServiceProtocol {
             metadata: [:],
             producer: { writer in
                 try await self.connect(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
+    public func streamAudit(
+        request: GRPCCore.StreamingServerRequest<Tether_V1_AuditBatch>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_AuditAck> {
+        return GRPCCore.StreamingServerResponse<Tether_V1_AuditAck>(
+            metadata: [:],
+            producer: { writer in
+                try await self.streamAudit(
                     request: request.messages,
                     response: writer,
                     context: context
@@ -564,6 +667,31 @@ extension Tether_V1_AgentLink {
             deserializer: some GRPCCore.MessageDeserializer<Tether_V1_HubMessage>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_HubMessage>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "StreamAudit" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Audit events from the agent's disk spool, in sequence order. The hub first
+        /// > sends the highest sequence it has stored for the cluster, then acknowledges
+        /// > after each batch is durable; the agent trims its spool only up to an ack.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Tether_V1_AuditBatch` messages.
+        ///   - serializer: A serializer for `Tether_V1_AuditBatch` messages.
+        ///   - deserializer: A deserializer for `Tether_V1_AuditAck` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func streamAudit<Result>(
+            request: GRPCCore.StreamingClientRequest<Tether_V1_AuditBatch>,
+            serializer: some GRPCCore.MessageSerializer<Tether_V1_AuditBatch>,
+            deserializer: some GRPCCore.MessageDeserializer<Tether_V1_AuditAck>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_AuditAck>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -619,6 +747,40 @@ extension Tether_V1_AgentLink {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "StreamAudit" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Audit events from the agent's disk spool, in sequence order. The hub first
+        /// > sends the highest sequence it has stored for the cluster, then acknowledges
+        /// > after each batch is durable; the agent trims its spool only up to an ack.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Tether_V1_AuditBatch` messages.
+        ///   - serializer: A serializer for `Tether_V1_AuditBatch` messages.
+        ///   - deserializer: A deserializer for `Tether_V1_AuditAck` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func streamAudit<Result>(
+            request: GRPCCore.StreamingClientRequest<Tether_V1_AuditBatch>,
+            serializer: some GRPCCore.MessageSerializer<Tether_V1_AuditBatch>,
+            deserializer: some GRPCCore.MessageDeserializer<Tether_V1_AuditAck>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_AuditAck>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Tether_V1_AgentLink.Method.StreamAudit.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -648,6 +810,35 @@ extension Tether_V1_AgentLink.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Tether_V1_AgentMessage>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Tether_V1_HubMessage>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "StreamAudit" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Audit events from the agent's disk spool, in sequence order. The hub first
+    /// > sends the highest sequence it has stored for the cluster, then acknowledges
+    /// > after each batch is durable; the agent trims its spool only up to an ack.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Tether_V1_AuditBatch` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func streamAudit<Result>(
+        request: GRPCCore.StreamingClientRequest<Tether_V1_AuditBatch>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_AuditAck>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.streamAudit(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Tether_V1_AuditBatch>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Tether_V1_AuditAck>(),
             options: options,
             onResponse: handleResponse
         )
@@ -684,6 +875,40 @@ extension Tether_V1_AgentLink.ClientProtocol {
             producer: producer
         )
         return try await self.connect(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "StreamAudit" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Audit events from the agent's disk spool, in sequence order. The hub first
+    /// > sends the highest sequence it has stored for the cluster, then acknowledges
+    /// > after each batch is durable; the agent trims its spool only up to an ack.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func streamAudit<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Tether_V1_AuditBatch>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_AuditAck>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Tether_V1_AuditBatch>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.streamAudit(
             request: request,
             options: options,
             onResponse: handleResponse

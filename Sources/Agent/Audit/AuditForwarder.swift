@@ -1,0 +1,77 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import Shared
+
+/// Something that runs over the hub channel while it is up (and is cancelled when
+/// it goes down), sharing its connection.
+protocol ChannelParticipant: Sendable {
+    func run(over client: GRPCClient<HTTP2ClientTransport.Posix>) async throws
+}
+
+/// Streams the spool to the hub in sequence order, compressed, with at most
+/// `window` unacknowledged events in flight; trims the spool as acks arrive.
+struct AuditForwarder: ChannelParticipant {
+    let spool: AuditSpool
+    let metrics: AgentMetrics
+    let logger: Logger
+    var batchSize = 1000
+    var window: UInt64 = 20_000
+
+    func run(over client: GRPCClient<HTTP2ClientTransport.Posix>) async throws {
+        let start = Locked<UInt64?>(nil)
+        let started = ChangeSignal()
+        var options = CallOptions.defaults
+        options.compression = .gzip
+        options.waitForReady = false
+        try await Tether_V1_AgentLink.Client(wrapping: client).streamAudit(
+            options: options,
+            requestProducer: { writer in
+                var cursor: UInt64
+                while true {
+                    let seen = started.generation
+                    if let first = start.value { cursor = first; break }
+                    try Task.checkCancellation()
+                    await started.wait(after: seen)
+                }
+                while true {
+                    try Task.checkCancellation()
+                    let seen = spool.changed.generation
+                    guard cursor < spool.acknowledged + window else {
+                        await spool.changed.wait(after: seen)
+                        continue
+                    }
+                    let events = try spool.read(after: cursor, maxEvents: batchSize)
+                    guard let last = events.last else {
+                        await spool.changed.wait(after: seen)
+                        continue
+                    }
+                    try await writer.write(.with {
+                        $0.firstSequence = events[0].sequence
+                        $0.events = events.map(\.payload)
+                    })
+                    metrics.auditForwarded.increment(by: Int64(events.count))
+                    cursor = last.sequence
+                }
+            },
+            onResponse: { response in
+                for try await ack in response.messages {
+                    let acked = ack.acknowledgedSequence
+                    if start.value == nil {
+                        if acked > spool.lastSequence {
+                            logger.warning("the hub has audit events up to \(acked) but this agent's spool ends at \(spool.lastSequence) (state dir lost?); renumbering pending events after the hub's")
+                            try spool.renumber(above: acked)
+                        }
+                        try spool.acknowledge(upTo: acked)
+                        logger.info("audit stream open", metadata: ["hubHas": "\(acked)", "spooled": "\(spool.lastSequence)"])
+                        start.value = acked
+                        started.notify()
+                    } else {
+                        try spool.acknowledge(upTo: acked)
+                    }
+                    metrics.auditAcknowledged.set(Int64(acked))
+                }
+            })
+    }
+}

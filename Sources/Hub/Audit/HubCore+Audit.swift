@@ -1,0 +1,74 @@
+import Foundation
+import Shared
+
+extension HubCore {
+    /// Stores a batch from a cluster's agent; returns the new acknowledged sequence.
+    func ingestAudit(cluster: ClusterName, firstSequence: UInt64, events: [Data]) throws -> UInt64 {
+        let indexed = events.enumerated().map { i, raw in
+            do {
+                return try IndexedAuditEvent(raw: raw)
+            } catch {
+                // Keep it anyway (nothing is dropped); index what we can.
+                logger.warning("storing an audit event the hub cannot index", metadata: [
+                    "cluster": "\(cluster)", "sequence": "\(firstSequence + UInt64(i))", "error": "\(error)"])
+                return IndexedAuditEvent(unindexable: raw, sequence: firstSequence + UInt64(i), now: clock.now())
+            }
+        }
+        let acked = try database.ingestAudit(cluster: cluster.rawValue, firstSequence: firstSequence, events: indexed, now: clock.now())
+        metrics.auditEventsStored.increment(by: Int64(events.count))
+        return acked
+    }
+
+    func auditAcknowledged(_ cluster: ClusterName) throws -> UInt64 {
+        try database.auditAcknowledged(cluster.rawValue)
+    }
+
+    /// Records one of the hub's own actions in the audit log, as an
+    /// audit.k8s.io/v1 Event of cluster `hub`. Failures are logged, never thrown:
+    /// the action itself already happened.
+    func audit(_ action: HubAction) {
+        hubAuditLock.withLock { _ in
+            do {
+                let now = clock.now()
+                let time = AuditTime.format(now)
+                var event: [String: Any] = [
+                    "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+                    "auditID": UUID().uuidString.lowercased(), "stage": "ResponseComplete",
+                    "verb": action.verb, "user": ["username": action.user],
+                    "objectRef": ["resource": action.resource, "name": action.name, "apiGroup": "tether.dev", "apiVersion": "v1"]
+                        .compactMapValues { $0 },
+                    "responseStatus": ["code": action.code] as [String: Any],
+                    "requestReceivedTimestamp": time, "stageTimestamp": time,
+                    "userAgent": "tether-hub/\(TetherVersion.current)",
+                ]
+                if let ip = action.sourceIP { event["sourceIPs"] = [ip] }
+                if let message = action.message { event["annotations"] = ["tether.dev/message": message] }
+                let raw = try JSONSerialization.data(withJSONObject: event, options: [.sortedKeys, .withoutEscapingSlashes])
+                let next = try database.auditAcknowledged("hub") + 1
+                _ = try database.ingestAudit(cluster: "hub", firstSequence: next, events: [try IndexedAuditEvent(raw: raw)], now: now)
+            } catch {
+                logger.error("cannot record hub action in the audit log", metadata: ["action": "\(action.verb) \(action.resource)", "error": "\(error)"])
+            }
+        }
+    }
+}
+
+/// One of the hub's own actions, for its audit log.
+struct HubAction: Sendable {
+    var verb: String
+    var resource: String
+    var name: String?
+    var user: String
+    var code: Int
+    var sourceIP: String?
+    var message: String?
+}
+
+extension IndexedAuditEvent {
+    init(unindexable raw: Data, sequence: UInt64, now: Date) {
+        self.raw = raw
+        auditID = "unindexed-\(sequence)-\(UUID().uuidString.lowercased())"
+        stage = "Unknown"
+        time = AuditTime.format(now)
+    }
+}
