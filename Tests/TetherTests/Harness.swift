@@ -1,7 +1,6 @@
 import Foundation
 import Logging
 import NIOCore
-import ServiceLifecycle
 import Shared
 import TestSupport
 @testable import Agent
@@ -74,26 +73,28 @@ final class TestHub: Sendable {
     }
 }
 
-/// A real agent's hub link in this process, run in its own ServiceGroup the way
-/// `tether-agent` runs it, with its identity in a temp dir.
+/// A real agent in this process, composed exactly as `tether-agent` composes it
+/// (hub link, audit forwarder, audit webhook on a kernel-chosen loopback port),
+/// with its state in a temp dir.
 final class TestAgent: Sendable {
-    let link: HubLink
-    let group: ServiceGroup
+    let runtime: AgentRuntime
     let task: Task<Void, any Error>
     let stateDir: String
 
-    static func start(stateDir: String, join: JoinString?) -> TestAgent {
-        let link = HubLink(store: FileIdentityStore(directory: stateDir), joinString: join, logger: testLogger, metrics: AgentMetrics())
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: link, successTerminationBehavior: .gracefullyShutdownGroup)],
-            logger: testLogger))
-        let task = Task { try await group.run() }
-        return TestAgent(link: link, group: group, task: task, stateDir: stateDir)
+    var link: HubLink { runtime.link }
+
+    static func start(stateDir: String, join: JoinString?, audit: Bool = false, spoolLimit: Int64 = 1 << 30) throws -> TestAgent {
+        var config = AgentConfiguration(stateDirectory: stateDir, joinString: join)
+        config.healthListen = nil
+        config.auditListen = audit ? HostPort(host: "127.0.0.1", port: 0) : nil
+        config.auditSpoolMax = spoolLimit
+        let runtime = try AgentRuntime(configuration: config, logger: testLogger)
+        let task = Task { try await runtime.run() }
+        return TestAgent(runtime: runtime, task: task, stateDir: stateDir)
     }
 
-    private init(link: HubLink, group: ServiceGroup, task: Task<Void, any Error>, stateDir: String) {
-        self.link = link
-        self.group = group
+    private init(runtime: AgentRuntime, task: Task<Void, any Error>, stateDir: String) {
+        self.runtime = runtime
         self.task = task
         self.stateDir = stateDir
     }
@@ -105,7 +106,7 @@ final class TestAgent: Sendable {
     }
 
     func stop() async throws {
-        await group.triggerGracefulShutdown()
+        await runtime.shutdown()
         try await task.value
     }
 }

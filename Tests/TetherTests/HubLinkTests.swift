@@ -15,7 +15,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let agent = TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
         try await agent.waitUntilConnected()
         #expect(try await hub.status("prod-eu") == .online)
         #expect(metric("tether_agents_connected", in: hub.core.metrics.exposition()) == 1)
@@ -35,7 +35,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"), certificateLifetime: .seconds(2), heartbeatInterval: .milliseconds(500))
-        let agent = TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
         try await agent.waitUntilConnected()
         let firstSerial = try PKI.serialHex(FileIdentityStore(directory: agent.stateDir).load()!.certificate())
 
@@ -59,7 +59,7 @@ import Testing
         defer { dir.remove() }
         let first = try await TestHub.start(dataDir: dir.sub("hub"))
         let port = first.agentPort
-        let agent = TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"))
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"))
         try await agent.waitUntilConnected()
         let identity = try FileIdentityStore(directory: agent.stateDir).load()
         try await first.stop()
@@ -111,7 +111,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let agent = TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
         try await agent.waitUntilConnected()
 
         _ = try await hub.core.removeCluster(ClusterName("prod-eu"))
@@ -138,7 +138,7 @@ import Testing
         identity.certificatePEM = try PKI.pem(expired)
         try FileIdentityStore(directory: dir.sub("agent")).save(identity)
 
-        let agent = TestAgent.start(stateDir: dir.sub("agent"), join: nil)
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: nil)
         try await eventually("expiry reported") { agent.link.status.value.lastError?.code == .certificateExpired }
         let message = try #require(agent.link.status.value.lastError?.message)
         #expect(message.contains("expired"))
@@ -175,7 +175,7 @@ import Testing
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
         let joins = try (0..<50).map { try hub.join("edge-\($0)") }
-        let agents = joins.enumerated().map { i, join in TestAgent.start(stateDir: dir.sub("agent-\(i)"), join: join) }
+        let agents = try joins.enumerated().map { i, join in try TestAgent.start(stateDir: dir.sub("agent-\(i)"), join: join) }
         try await eventually(timeout: .seconds(60), "50 online") {
             try await hub.core.clusterViews().filter { $0.status == .online }.count == 50
         }

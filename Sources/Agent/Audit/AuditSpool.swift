@@ -238,8 +238,9 @@ final class AuditSpool: Sendable {
                 unlink(gone.path)
                 s.totalBytes -= gone.size
             }
-            // The last segment goes too once all of it is acknowledged and it is full.
-            if let last = s.segments.last, s.segments.count == 1, s.nextSequence - 1 <= s.acknowledged, last.size >= segmentSize {
+            // The last segment goes too once all of it is acknowledged; the next
+            // append starts a new one. (Acknowledged bytes never count against the limit.)
+            if let last = s.segments.last, s.segments.count == 1, s.nextSequence - 1 <= s.acknowledged {
                 if s.writer >= 0 { close(s.writer); s.writer = -1 }
                 unlink(last.path)
                 s.totalBytes -= last.size

@@ -4,8 +4,6 @@ import Logging
 import ServiceLifecycle
 import Shared
 import UnixSignals
-import Hummingbird
-import HummingbirdTLS
 
 /// `tether-agent`: runs in a cluster and keeps one outbound channel to the hub.
 @main
@@ -79,37 +77,14 @@ struct RunCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "tether.agent")
-        let metrics = AgentMetrics()
-        let stateDir = resolvedStateDir!
-        let spool = try AuditSpool(directory: stateDir + "/audit-spool", limit: try ByteSize.parse(auditSpoolMax))
-        let link = HubLink(
-            store: FileIdentityStore(directory: stateDir),
-            joinString: try resolvedJoinToken.map { try JoinString(parsing: $0) },
-            logger: logger, metrics: metrics,
-            participants: [AuditForwarder(spool: spool, metrics: metrics, logger: logger)])
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        if healthListen != "none" {
-            services.append(.init(service: HealthServer.make(listen: try HostPort(parsing: healthListen), link: link, metrics: metrics, spool: spool) { address in
-                logger.info("health endpoint listening", metadata: ["address": "\(address)"])
-            }))
-        }
-        if auditListen != "none" {
-            let endpoint = try AuditEndpoint.load(
-                stateDir: stateDir, names: AuditEndpoint.defaultNames(namespace: ProcessInfo.processInfo.environment["POD_NAMESPACE"]),
-                certFile: auditTlsCert, keyFile: auditTlsKey)
-            let listen = try HostPort(parsing: auditListen)
-            services.append(.init(service: Application(
-                router: AuditReceiver.makeRouter(spool: spool, token: endpoint.token, metrics: metrics, logger: logger),
-                server: try .tls(tlsConfiguration: endpoint.tlsConfiguration()),
-                configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "tether-agent-audit"),
-                onServerRunning: { channel in
-                    logger.info("audit webhook listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")", "path": "/audit"])
-                },
-                logger: logger)))
-        }
-        services.append(.init(service: link, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
-        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        var config = AgentConfiguration(stateDirectory: resolvedStateDir!, joinString: try resolvedJoinToken.map { try JoinString(parsing: $0) })
+        config.healthListen = healthListen == "none" ? nil : try HostPort(parsing: healthListen)
+        config.auditListen = auditListen == "none" ? nil : try HostPort(parsing: auditListen)
+        config.auditSpoolMax = try ByteSize.parse(auditSpoolMax)
+        config.auditTLSCertFile = auditTlsCert
+        config.auditTLSKeyFile = auditTlsKey
+        let runtime = try AgentRuntime(configuration: config, logger: logger, signals: [.sigterm, .sigint])
+        try await runtime.run()
     }
 }
 

@@ -1,0 +1,75 @@
+import Foundation
+import Hummingbird
+import HummingbirdTLS
+import Logging
+import NIOCore
+import ServiceLifecycle
+import Shared
+import UnixSignals
+
+/// How `tether-agent run` is configured.
+struct AgentConfiguration: Sendable {
+    var stateDirectory: String
+    var joinString: JoinString?
+    /// nil: no health listener.
+    var healthListen: HostPort? = HostPort(host: "0.0.0.0", port: 9090)
+    /// nil: no audit webhook.
+    var auditListen: HostPort? = HostPort(host: "0.0.0.0", port: 8444)
+    var auditSpoolMax: Int64 = 1 << 30
+    var auditTLSCertFile: String?
+    var auditTLSKeyFile: String?
+    var auditNames = AuditEndpoint.defaultNames(namespace: ProcessInfo.processInfo.environment["POD_NAMESPACE"])
+}
+
+/// The agent process: the hub link (with the audit forwarder on its channel), the
+/// audit webhook and the health endpoint, as one `ServiceGroup`.
+final class AgentRuntime: Sendable {
+    let link: HubLink
+    let spool: AuditSpool
+    let metrics: AgentMetrics
+    let endpoint: AuditEndpoint?
+    let auditAddress = AsyncValue<SocketAddress>()
+    let healthAddress = AsyncValue<SocketAddress>()
+    let group: ServiceGroup
+
+    init(configuration c: AgentConfiguration, logger: Logger, signals: [UnixSignal] = []) throws {
+        let metrics = AgentMetrics()
+        let spool = try AuditSpool(directory: c.stateDirectory + "/audit-spool", limit: c.auditSpoolMax)
+        let link = HubLink(
+            store: FileIdentityStore(directory: c.stateDirectory), joinString: c.joinString, logger: logger, metrics: metrics,
+            participants: [AuditForwarder(spool: spool, metrics: metrics, logger: logger)])
+        self.metrics = metrics
+        self.spool = spool
+        self.link = link
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let listen = c.healthListen {
+            let bound = healthAddress
+            services.append(.init(service: HealthServer.make(listen: listen, link: link, metrics: metrics, spool: spool) { address in
+                bound.set(address)
+                logger.info("health endpoint listening", metadata: ["address": "\(address)"])
+            }))
+        }
+        if let listen = c.auditListen {
+            let endpoint = try AuditEndpoint.load(stateDir: c.stateDirectory, names: c.auditNames, certFile: c.auditTLSCertFile, keyFile: c.auditTLSKeyFile)
+            self.endpoint = endpoint
+            let bound = auditAddress
+            services.append(.init(service: Application(
+                router: AuditReceiver.makeRouter(spool: spool, token: endpoint.token, metrics: metrics, logger: logger),
+                server: try .tls(tlsConfiguration: endpoint.tlsConfiguration()),
+                configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "tether-agent-audit"),
+                onServerRunning: { channel in
+                    guard let address = channel.localAddress else { return }
+                    bound.set(address)
+                    logger.info("audit webhook listening", metadata: ["address": "\(address)", "path": "/audit"])
+                },
+                logger: logger)))
+        } else {
+            endpoint = nil
+        }
+        services.append(.init(service: link, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
+        group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: signals, cancellationSignals: [], logger: logger))
+    }
+
+    func run() async throws { try await group.run() }
+    func shutdown() async { await group.triggerGracefulShutdown() }
+}

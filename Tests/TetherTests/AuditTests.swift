@@ -1,0 +1,351 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOSSL
+import Shared
+import TestSupport
+import Testing
+@testable import Agent
+@testable import Hub
+
+/// The audit pipeline end to end on loopback: the real API server's webhook bodies
+/// posted over HTTPS to a real agent, forwarded over its channel to a real hub.
+@Suite struct AuditTests {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../../../shared/fixtures/audit").standardized
+
+    static func webhookFixtures() throws -> [(name: String, body: Data)] {
+        let dir = fixtures.appendingPathComponent("webhook")
+        return try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".json") }.sorted().map {
+            ($0, try Data(contentsOf: dir.appendingPathComponent($0)))
+        }
+    }
+
+    static func items(_ body: Data) throws -> [[String: Any]] {
+        try (JSONSerialization.jsonObject(with: body) as! [String: Any])["items"] as! [[String: Any]]
+    }
+
+    /// Posts to the agent's webhook like the API server does: HTTPS, trusting the
+    /// CA from `audit-kubeconfig`, with the webhook token.
+    struct Webhook {
+        let client: HTTPClient
+        let url: String
+        let token: String
+
+        init(agent: TestAgent) async throws {
+            let endpoint = try #require(agent.runtime.endpoint)
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(endpoint.caPEM.utf8)))
+            client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+            url = "https://127.0.0.1:\(await agent.runtime.auditAddress.value.port!)/audit"
+            token = endpoint.token
+        }
+
+        func post(_ body: Data, token: String? = nil) async throws -> (Int, String) {
+            var request = HTTPClientRequest(url: url)
+            request.method = .POST
+            request.headers.add(name: "Authorization", value: "Bearer \(token ?? self.token)")
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: body))
+            let response = try await client.execute(request, timeout: .seconds(60))
+            let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
+            return (Int(response.status.code), text)
+        }
+
+        func shutdown() async throws { try await client.shutdown() }
+    }
+
+    /// Runs `body` with a webhook client that is shut down however `body` ends.
+    func withWebhook(_ agent: TestAgent, _ body: (Webhook) async throws -> Void) async throws {
+        let webhook = try await Webhook(agent: agent)
+        do {
+            try await body(webhook)
+        } catch {
+            try? await webhook.shutdown()
+            throw error
+        }
+        try await webhook.shutdown()
+    }
+
+    /// A copy of real events under fresh audit IDs, as an EventList body.
+    static func eventList(from template: [[String: Any]], count: Int) throws -> Data {
+        var items: [[String: Any]] = []
+        for i in 0..<count {
+            var event = template[i % template.count]
+            event["auditID"] = UUID().uuidString.lowercased()
+            items.append(event)
+        }
+        return try JSONSerialization.data(withJSONObject: ["kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": [:], "items": items])
+    }
+
+    func stored(_ hub: TestHub, cluster: String) throws -> [StoredAuditEvent] {
+        try hub.core.database.auditEvents(AuditQuery(cluster: cluster, limit: 1_000_000, afterID: 0))
+    }
+
+    @Test func everyFixtureIsStoredAndRoundTripsThroughExportUnchanged() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
+        try await agent.waitUntilConnected()
+        try await withWebhook(agent) { webhook in
+
+            var expected: [String: [String: Any]] = [:]
+            for (name, body) in try Self.webhookFixtures() {
+                let (status, text) = try await webhook.post(body)
+                #expect(status == 200, "\(name): \(text)")
+                for item in try Self.items(body) {
+                    expected["\(item["auditID"]!)/\(item["stage"]!)"] = item
+                }
+            }
+            let total = UInt64(agent.runtime.spool.lastSequence)
+            try await eventually("hub has every event") { try hub.core.auditAcknowledged(ClusterName("prod-eu")) == total }
+
+            // Export through the admin API, as `tether-hub audit export` does.
+            let client = try AdminClient(credentialsPath: hub.dataDir + "/admin-credentials.json")
+            var exported = Data()
+            try await client.stream("/v1/audit/export?cluster=prod-eu") { exported.append(contentsOf: $0.readableBytesView) }
+            let lines = exported.split(separator: UInt8(ascii: "\n"))
+            #expect(lines.count == expected.count)
+            for line in lines {
+                let record = try JSONSerialization.jsonObject(with: Data(line)) as! [String: Any]
+                #expect(record["cluster"] as? String == "prod-eu")
+                let event = record["event"] as! [String: Any]
+                let original = try #require(expected["\(event["auditID"]!)/\(event["stage"]!)"])
+                #expect(NSDictionary(dictionary: event).isEqual(to: original), "event \(event["auditID"]!) changed in transit")
+            }
+            #expect(try hub.core.database.verifyAuditChain().problem == nil)
+        }
+        try await agent.stop()
+        try await hub.stop()
+    }
+
+    @Test func badBodiesAreRefusedAndNothingIsStored() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
+        try await withWebhook(agent) { webhook in
+            let real = try #require(try Self.webhookFixtures().first).body
+            var wrongKind = try JSONSerialization.jsonObject(with: real) as! [String: Any]
+            wrongKind["kind"] = "PodList"
+            var wrongVersion = wrongKind
+            wrongVersion["kind"] = "EventList"
+            wrongVersion["apiVersion"] = "audit.k8s.io/v1beta1"
+            var missingID = try JSONSerialization.jsonObject(with: real) as! [String: Any]
+            var items = missingID["items"] as! [[String: Any]]
+            items[1].removeValue(forKey: "auditID")
+            missingID["items"] = items
+            let cases: [(String, Data, Int, String)] = [
+                ("malformed", Data("{not json".utf8), 400, "not an audit.k8s.io/v1 EventList"),
+                ("truncated", real.prefix(real.count / 2), 400, "malformed"),
+                ("wrong kind", try JSONSerialization.data(withJSONObject: wrongKind), 400, "kind must be EventList"),
+                ("wrong version", try JSONSerialization.data(withJSONObject: wrongVersion), 400, "apiVersion must be audit.k8s.io/v1"),
+                ("event without auditID", try JSONSerialization.data(withJSONObject: missingID), 400, "items[1] has no auditID"),
+                ("oversized", Data(repeating: UInt8(ascii: " "), count: (10 << 20) + 1), 413, "10 MiB"),
+            ]
+            for (name, body, status, fragment) in cases {
+                let (code, text) = try await webhook.post(body)
+                #expect(code == status, "\(name)")
+                #expect(text.contains(fragment), "\(name): \(text)")
+            }
+            let (unauthorized, _) = try await webhook.post(real, token: "wrong")
+            #expect(unauthorized == 401)
+            #expect(agent.runtime.spool.lastSequence == 0, "nothing stored")
+            let metrics = agent.runtime.metrics.exposition()
+            #expect(metrics.contains(#"tether_agent_audit_batches_rejected_total{reason="malformed"} 5"#))
+            #expect(metrics.contains(#"tether_agent_audit_batches_rejected_total{reason="oversized"} 1"#))
+            #expect(metrics.contains(#"tether_agent_audit_batches_rejected_total{reason="unauthorized"} 1"#))
+        }
+        try await agent.stop()
+        #expect(try stored(hub, cluster: "prod-eu").isEmpty)
+        try await hub.stop()
+    }
+
+    @Test func tenThousandEventsWhileTheHubIsDownArriveExactlyOnce() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let first = try await TestHub.start(dataDir: dir.sub("hub"))
+        let port = first.agentPort
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"), audit: true)
+        try await agent.waitUntilConnected()
+        try await first.stop()
+
+        let hub = Locked<TestHub?>(nil)
+        try await withWebhook(agent) { webhook in
+            let template = try Self.items(try Self.webhookFixtures().first { $0.name.hasPrefix("rbac") }!.body)
+            for _ in 0..<25 {
+                let (status, _) = try await webhook.post(try Self.eventList(from: template, count: 400))
+                #expect(status == 200)
+            }
+            #expect(agent.runtime.spool.lastSequence == 10_000)
+            #expect(agent.runtime.spool.acknowledged == 0)
+
+            let restarted = try await TestHub.start(dataDir: dir.sub("hub"), listenPort: port)
+            hub.value = restarted
+            try await eventually(timeout: .seconds(60), "all delivered") { try restarted.core.auditAcknowledged(ClusterName("prod-eu")) == 10_000 }
+            let events = try stored(restarted, cluster: "prod-eu")
+            #expect(events.count == 10_000)
+            #expect(Set(events.map(\.sequence)) == Set(1...10_000))
+            try await eventually("spool trimmed to the ack") { agent.runtime.spool.acknowledged == 10_000 }
+            #expect(try restarted.core.database.verifyAuditChain().problem == nil)
+        }
+        try await agent.stop()
+        try await hub.value?.stop()
+    }
+
+    @Test func aFullSpoolAnswers429AndLosesNothingItAccepted() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let first = try await TestHub.start(dataDir: dir.sub("hub"))
+        let port = first.agentPort
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"), audit: true, spoolLimit: 256 << 10)
+        try await agent.waitUntilConnected()
+        try await first.stop()
+        let hub = Locked<TestHub?>(nil)
+        try await withWebhook(agent) { webhook in
+            let template = try Self.items(try Self.webhookFixtures().first!.body)
+            var accepted = 0
+            var refused = 0
+            while refused < 3 {
+                let (status, text) = try await webhook.post(try Self.eventList(from: template, count: 20))
+                if status == 200 { accepted += 20 } else {
+                    #expect(status == 429, "\(text)")
+                    refused += 1
+                }
+                #expect(accepted < 100_000)
+            }
+            #expect(accepted > 0)
+            #expect(agent.runtime.metrics.exposition().contains(#"tether_agent_audit_batches_rejected_total{reason="spool-full"} 3"#))
+
+            let restarted = try await TestHub.start(dataDir: dir.sub("hub"), listenPort: port)
+            hub.value = restarted
+            try await eventually(timeout: .seconds(30), "accepted events delivered") {
+                try restarted.core.auditAcknowledged(ClusterName("prod-eu")) == UInt64(accepted)
+            }
+            #expect(try stored(restarted, cluster: "prod-eu").count == accepted)
+            // Once drained, the webhook accepts again.
+            try await eventually("spool drained") { agent.runtime.spool.acknowledged == UInt64(accepted) }
+            #expect(try await webhook.post(try Self.eventList(from: template, count: 20)).0 == 200)
+        }
+        try await agent.stop()
+        try await hub.value?.stop()
+    }
+
+    @Test func queriesFilterByEachField() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        var all: [[String: Any]] = []
+        var sequence: UInt64 = 1
+        for (_, body) in try Self.webhookFixtures() {
+            let items = try Self.items(body)
+            let raws = try items.map { try JSONSerialization.data(withJSONObject: $0) }
+            _ = try hub.core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: sequence, events: raws)
+            sequence += UInt64(raws.count)
+            all += items
+        }
+        func count(_ predicate: ([String: Any]) -> Bool) -> Int { all.filter(predicate).count }
+        func query(_ q: AuditQuery) throws -> [[String: Any]] {
+            var q = q
+            q.limit = 100_000
+            return try hub.core.database.auditEvents(q).map { try JSONSerialization.jsonObject(with: $0.event) as! [String: Any] }
+        }
+        let ref = { (e: [String: Any]) in e["objectRef"] as? [String: Any] ?? [:] }
+        let user = { (e: [String: Any]) in (e["user"] as? [String: Any])?["username"] as? String }
+
+        let patches = try query(AuditQuery(cluster: "prod-eu", verb: "patch", resource: "clusterroles"))
+        #expect(patches.count == count { $0["verb"] as? String == "patch" && ref($0)["resource"] as? String == "clusterroles" })
+        #expect(!patches.isEmpty)
+        let someUser = try #require(all.compactMap(user).first { $0.hasPrefix("system:serviceaccount") } ?? all.compactMap(user).first)
+        #expect(try query(AuditQuery(user: someUser)).count == count { user($0) == someUser || (($0["impersonatedUser"] as? [String: Any])?["username"] as? String) == someUser })
+        let namespace = try #require(all.compactMap { ref($0)["namespace"] as? String }.first)
+        #expect(try query(AuditQuery(namespace: namespace)).count == count { ref($0)["namespace"] as? String == namespace })
+        #expect(try query(AuditQuery(cluster: "other")).isEmpty)
+        let times = all.compactMap { $0["stageTimestamp"] as? String }.sorted()
+        let middle = times[times.count / 2]
+        let since = try #require(AuditTime.parse(middle))
+        #expect(try query(AuditQuery(since: since)).count == times.filter { $0 >= middle }.count)
+        #expect(try query(AuditQuery(until: since)).count == times.filter { $0 < middle }.count)
+        let denied = try query(AuditQuery(resource: "configmaps")).filter { ($0["responseStatus"] as? [String: Any])?["code"] as? Int == 422 }
+        #expect(!denied.isEmpty, "the VAP denial fixture is findable")
+    }
+
+    @Test func verifyFindsARowAlteredOrDeletedWithTheSqliteShell() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        var sequence: UInt64 = 1
+        for (_, body) in try Self.webhookFixtures() {
+            let raws = try Self.items(body).map { try JSONSerialization.data(withJSONObject: $0) }
+            _ = try hub.core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: sequence, events: raws)
+            sequence += UInt64(raws.count)
+        }
+        try await hub.stop()
+        let db = hub.dataDir + "/hub.db"
+        let hubBinary = try ChildProcess.binary("tether-hub")
+        func verify() async throws -> (Int32, String) {
+            let running = try await TestHub.start(dataDir: hub.dataDir)
+            let result = try runCommand(hubBinary, ["audit", "verify", "--credentials", hub.dataDir + "/admin-credentials.json"])
+            try await running.stop()
+            return (result.status, result.stdout + result.stderr)
+        }
+        func sqlite(_ sql: String) throws {
+            let result = try runCommand("/usr/bin/sqlite3", [db, sql])
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+        let intact = try await verify()
+        #expect(intact.0 == 0, "\(intact.1)")
+        #expect(intact.1.contains("chain intact"))
+
+        // Altered: one event's user rewritten in batch 3.
+        try sqlite("UPDATE auditEvents SET event = replace(event, '\"admin\"', '\"someone-else\"') WHERE id = (SELECT MIN(id) FROM auditEvents WHERE batch = 3)")
+        let altered = try await verify()
+        #expect(altered.0 != 0)
+        #expect(altered.1.contains("batch 3"), "\(altered.1)")
+        #expect(altered.1.contains("changed"))
+    }
+
+    @Test func verifyFindsADeletedRowAndADeletedBatch() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        var sequence: UInt64 = 1
+        for (_, body) in try Self.webhookFixtures() {
+            let raws = try Self.items(body).map { try JSONSerialization.data(withJSONObject: $0) }
+            _ = try hub.core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: sequence, events: raws)
+            sequence += UInt64(raws.count)
+        }
+        try await hub.stop()
+        let db = hub.dataDir + "/hub.db"
+        func sqlite(_ sql: String) throws { _ = try runCommand("/usr/bin/sqlite3", [db, sql]) }
+        func problem() throws -> String? { try HubDatabase(path: db).verifyAuditChain().problem }
+
+        try sqlite("DELETE FROM auditEvents WHERE id = (SELECT MAX(id) FROM auditEvents WHERE batch = 5)")
+        #expect(try problem()?.contains("batch 5") == true)
+        try sqlite("DELETE FROM auditEvents WHERE batch = 5; DELETE FROM auditBatches WHERE id = 5")
+        let gone = try problem()
+        #expect(gone?.contains("batch 6") == true, "the batch after the deleted one no longer follows: \(gone ?? "nil")")
+    }
+
+    @Test func retentionPrunesWholeBatchesAndVerificationStillHolds() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let db = try HubDatabase(path: dir.sub("hub.db"))
+        let fixtures = try Self.webhookFixtures()
+        var sequence: UInt64 = 1
+        let start = Date().addingTimeInterval(-100 * 86_400)
+        for (i, (_, body)) in fixtures.enumerated() {
+            let events = try Self.items(body).map { try IndexedAuditEvent(raw: JSONSerialization.data(withJSONObject: $0)) }
+            _ = try db.ingestAudit(cluster: "c", firstSequence: sequence, events: events, now: start.addingTimeInterval(Double(i) * 20 * 86_400))
+            sequence += UInt64(events.count)
+        }
+        let before = try db.verifyAuditChain()
+        let pruned = try db.pruneAudit(before: Date().addingTimeInterval(-90 * 86_400))
+        #expect(pruned > 0)
+        let after = try db.verifyAuditChain()
+        #expect(after.problem == nil)
+        #expect(after.batchesChecked < before.batchesChecked)
+        #expect(try db.auditAcknowledged("c") == sequence - 1, "the cursor is not rewound by pruning")
+    }
+}
