@@ -47,7 +47,7 @@ import Testing
         #expect(!token.stderr.isEmpty && !hub.output.contains(join.secret), "the secret never reaches the hub's log")
 
         // The agent enrolls and the cluster shows online.
-        let agent = try ChildProcess(agentBinary, ["--state-dir", dir.sub("agent"), "--health-listen", "127.0.0.1:0"],
+        let agent = try ChildProcess(agentBinary, ["--state-dir", dir.sub("agent"), "--health-listen", "127.0.0.1:0", "--audit-listen", "127.0.0.1:0"],
                                      environment: ["TETHER_JOIN_TOKEN": joinLine])
         try await eventually(timeout: .seconds(10), "online") { try clusters().first?.status == "online" }
         let listed = try #require(try clusters().first)
@@ -61,7 +61,7 @@ import Testing
         #expect(table.contains("NAME") && table.contains("prod-eu") && table.contains("online"))
 
         // Reusing the token fails with its own error.
-        let reuse = try runCommand(agentBinary, ["--state-dir", dir.sub("agent-2"), "--health-listen", "none", "--join-token", joinLine])
+        let reuse = try runCommand(agentBinary, ["--state-dir", dir.sub("agent-2"), "--health-listen", "none", "--audit-listen", "none", "--join-token", joinLine])
         #expect(reuse.status != 0)
         #expect(reuse.stderr.contains("already used"))
 
@@ -69,7 +69,7 @@ import Testing
         agent.signal(SIGKILL)
         _ = await agent.waitForExit()
         try await eventually(timeout: .seconds(10), "offline after kill") { try clusters().first?.status == "offline" }
-        let restarted = try ChildProcess(agentBinary, ["--state-dir", dir.sub("agent"), "--health-listen", "127.0.0.1:0"])
+        let restarted = try ChildProcess(agentBinary, ["--state-dir", dir.sub("agent"), "--health-listen", "127.0.0.1:0", "--audit-listen", "127.0.0.1:0"])
         try await eventually(timeout: .seconds(10), "online again") { try clusters().first?.status == "online" }
         #expect(!restarted.output.contains("enrolling"))
 
