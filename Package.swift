@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "tether-hub", targets: ["Hub"]),
         .executable(name: "tether-agent", targets: ["Agent"]),
+        .executable(name: "tether-bench-audit", targets: ["AuditBenchmark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
@@ -73,6 +74,16 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
+        ),
+        .systemLibrary(name: "CZlib", path: "Benchmarks/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .executableTarget(
+            name: "AuditBenchmark",
+            dependencies: [
+                "Shared", "CZlib",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            path: "Benchmarks/AuditBenchmark"
         ),
         .target(
             name: "TestSupport",

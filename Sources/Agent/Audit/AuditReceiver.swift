@@ -41,8 +41,9 @@ enum AuditReceiver {
             } catch {
                 return refuse(.badRequest, "malformed", "not an audit.k8s.io/v1 EventList: \(error)")
             }
+            let range: ClosedRange<UInt64>?
             do {
-                try spool.append(events)
+                range = try spool.append(events)
             } catch let full as AuditSpool.Full {
                 metrics.auditRejected("spool-full")
                 logger.warning("audit spool full; answering 429", metadata: ["size": "\(full.size)", "limit": "\(full.limit)"])
@@ -52,7 +53,10 @@ enum AuditReceiver {
                 return refuse(.serviceUnavailable, "storage-error", "cannot store the batch: \(error)")
             }
             metrics.auditReceived.increment(by: Int64(events.count))
-            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: "{}")))
+            // The API server ignores the body; operators and the benchmark can match
+            // it against tether_agent_audit_acknowledged_sequence.
+            let reply = range.map { #"{"firstSequence":\#($0.lowerBound),"lastSequence":\#($0.upperBound)}"# } ?? "{}"
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: reply)))
         }
         return router
     }

@@ -46,7 +46,7 @@ final class AgentRuntime: Sendable {
             let bound = healthAddress
             services.append(.init(service: HealthServer.make(listen: listen, link: link, metrics: metrics, spool: spool) { address in
                 bound.set(address)
-                logger.info("health endpoint listening", metadata: ["address": "\(address)"])
+                logger.notice("health endpoint listening", metadata: ["address": "\(address)"])
             }))
         }
         if let listen = c.auditListen {
@@ -60,7 +60,7 @@ final class AgentRuntime: Sendable {
                 onServerRunning: { channel in
                     guard let address = channel.localAddress else { return }
                     bound.set(address)
-                    logger.info("audit webhook listening", metadata: ["address": "\(address)", "path": "/audit"])
+                    logger.notice("audit webhook listening", metadata: ["address": "\(address)", "path": "/audit"])
                 },
                 logger: logger)))
         } else {

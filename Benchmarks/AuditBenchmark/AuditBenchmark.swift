@@ -1,0 +1,304 @@
+import AsyncHTTPClient
+import CZlib
+import Foundation
+import NIOCore
+import NIOSSL
+import Shared
+import SwiftProtobuf
+
+/// End-to-end audit benchmark: a load generator posts real-shaped EventLists to a
+/// real `tether-agent`'s webhook over HTTPS; the agent forwards to a real
+/// `tether-hub` on loopback. Prints sustained events/s stored at the hub, p50/p99
+/// from webhook 200 to stored, peak memory of both, and wire bytes per event.
+///
+///     swift build -c release --product tether-hub --product tether-agent --product tether-bench-audit
+///     .build/release/tether-bench-audit [--events 200000] [--batch 400] [--concurrency 8]
+@main
+struct AuditBenchmark {
+    static func main() async throws {
+        var options = [String: String]()
+        var args = CommandLine.arguments.dropFirst()
+        while let key = args.popFirst() {
+            guard key.hasPrefix("--"), let value = args.popFirst() else {
+                print("usage: tether-bench-audit [--events N] [--batch N] [--concurrency N] [--bin DIR]")
+                exit(2)
+            }
+            options[String(key.dropFirst(2))] = value
+        }
+        let totalEvents = Int(options["events"] ?? "200000")!
+        let batch = Int(options["batch"] ?? "400")!
+        let concurrency = Int(options["concurrency"] ?? "8")!
+        let bin = options["bin"] ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        let fixtures = options["fixtures"] ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../../../shared/fixtures/audit/webhook").standardized.path
+        let batches = totalEvents / batch
+
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("tether-bench-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+
+        // Hub and agent, as processes.
+        let hub = try Child(bin + "/tether-hub", ["serve", "--data-dir", work + "/hub", "--listen", "127.0.0.1:0",
+                                                   "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1", "--log-level", "notice"])
+        defer { hub.kill() }
+        let ready = try await hub.waitFor("hub ready")
+        let credentials = work + "/hub/admin-credentials.json"
+        _ = ready
+        try run(bin + "/tether-hub", ["cluster", "add", "bench", "--credentials", credentials])
+        let join = try run(bin + "/tether-hub", ["token", "create", "--cluster", "bench", "--credentials", credentials])
+            .split(separator: "\n")[0]
+        let agent = try Child(bin + "/tether-agent", ["--state-dir", work + "/agent", "--join-token", String(join),
+                                                       "--audit-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--log-level", "notice"])
+        defer { agent.kill() }
+        let auditPort = try await port(of: agent, after: "audit webhook listening")
+        let healthPort = try await port(of: agent, after: "health endpoint listening")
+        _ = try await agent.waitFor("connected to hub")
+
+        // Real events under fresh audit IDs, built before the clock starts.
+        let template = try realEvents(in: fixtures)
+        print("preparing \(batches) batches of \(batch) events from \(template.count) real events...")
+        let bodies = (0..<batches).map { b in eventList(template, count: batch, seed: b) }
+        let meanEventBytes = bodies.reduce(0) { $0 + $1.count } / max(1, batches * batch)
+
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(work + "/agent/audit-ca.crt"))
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        let plain = HTTPClient(eventLoopGroupProvider: .singleton)
+        let token = try String(contentsOfFile: work + "/agent/audit-webhook-token", encoding: .utf8)
+
+        // Poll the agent's acknowledged sequence to time each batch from 200 to stored.
+        let acks = Locked<[(ContinuousClock.Instant, UInt64)]>([])
+        let done = Locked(false)
+        let poller = Task {
+            while !done.value {
+                if let acked = try? await metric(plain, port: healthPort, "tether_agent_audit_acknowledged_sequence") {
+                    acks.withLock { $0.append((.now, UInt64(acked))) }
+                }
+                try? await Task.sleep(for: .milliseconds(2))
+            }
+        }
+
+        print("posting \(batches * batch) events, \(concurrency) connections...")
+        let start = ContinuousClock.now
+        let accepted = Locked<[(ContinuousClock.Instant, UInt64)]>([])
+        let next = Locked(0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<concurrency {
+                group.addTask {
+                    while true {
+                        let i = next.withLock { n -> Int in defer { n += 1 }; return n }
+                        guard i < bodies.count else { return }
+                        var request = HTTPClientRequest(url: "https://127.0.0.1:\(auditPort)/audit")
+                        request.method = .POST
+                        request.headers.add(name: "Authorization", value: "Bearer \(token)")
+                        request.body = .bytes(ByteBuffer(bytes: bodies[i]))
+                        while true {
+                            let response = try await client.execute(request, timeout: .seconds(60))
+                            let text = String(buffer: try await response.body.collect(upTo: 1 << 16))
+                            if response.status.code == 200 {
+                                let last = (try JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any])["lastSequence"] as! Int
+                                accepted.withLock { $0.append((.now, UInt64(last))) }
+                                break
+                            }
+                            guard response.status.code == 429 else { throw BenchError("webhook answered \(response.status): \(text)") }
+                            try await Task.sleep(for: .milliseconds(50))
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let posted = ContinuousClock.now
+        let total = UInt64(batches * batch)
+        while (acks.value.last?.1 ?? 0) < total {
+            try await Task.sleep(for: .milliseconds(5))
+            if ContinuousClock.now - posted > .seconds(600) { throw BenchError("hub did not catch up in 10 minutes") }
+        }
+        let stored = acks.value.first { $0.1 >= total }!.0
+        done.value = true
+        await poller.value
+
+        // Latency from 200 to stored, per batch.
+        let ackLog = acks.value
+        var latencies: [Double] = []
+        for (time, last) in accepted.value {
+            if let hit = ackLog.first(where: { $0.0 >= time && $0.1 >= last }) {
+                latencies.append((hit.0 - time).seconds * 1000)
+            }
+        }
+        latencies.sort()
+        let hubIngested = try await metric(plain, port: nil, "tether_audit_events_ingested_total", credentials: credentials, hubAdmin: ready)
+
+        // Bytes on the wire per event for one forwarded batch (the gRPC message body).
+        let sample = Tether_V1_AuditBatch.with {
+            $0.firstSequence = 1
+            $0.events = eventList(template, count: 1000, seed: 999_999, itemsOnly: true)
+        }
+        let serialized = try sample.serializedBytes() as [UInt8]
+        let compressed = gzip(serialized)
+
+        let elapsed = (stored - start).seconds
+        print("""
+
+        audit pipeline benchmark (\(batches * batch) events, batches of \(batch), \(concurrency) webhook connections, mean event \(meanEventBytes) B)
+          webhook accepted:        \(String(format: "%.0f", Double(total) / (posted - start).seconds)) events/s (fsynced in the agent's spool)
+          sustained stored at hub: \(String(format: "%.0f", Double(total) / elapsed)) events/s (\(String(format: "%.2f", elapsed)) s for all)
+          webhook 200 -> stored:   p50 \(String(format: "%.1f", percentile(latencies, 0.50))) ms, p99 \(String(format: "%.1f", percentile(latencies, 0.99))) ms (\(latencies.count) batches)
+          peak memory (VmHWM):     agent \(peakMemory(agent.pid) / 1024) MiB, hub \(peakMemory(hub.pid) / 1024) MiB
+          wire bytes per event:    \(serialized.count / 1000) B uncompressed, \(compressed.count / 1000) B gzip (\(String(format: "%.1f", Double(serialized.count) / Double(compressed.count)))x), per 1000-event AuditBatch message
+          hub ingested counter:    \(Int(hubIngested)) agent events
+        """)
+        try await client.shutdown()
+        try await plain.shutdown()
+    }
+
+    static func percentile(_ sorted: [Double], _ p: Double) -> Double {
+        guard !sorted.isEmpty else { return .nan }
+        return sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+    }
+
+    static func realEvents(in dir: String) throws -> [Data] {
+        var events: [Data] = []
+        for name in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() where name.hasSuffix(".json") {
+            let body = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + name))
+            let items = (try JSONSerialization.jsonObject(with: body) as! [String: Any])["items"] as! [[String: Any]]
+            for item in items {
+                var copy = item
+                copy["auditID"] = "00000000-0000-0000-0000-000000000000"
+                events.append(try JSONSerialization.data(withJSONObject: copy, options: [.sortedKeys, .withoutEscapingSlashes]))
+            }
+        }
+        return events
+    }
+
+    /// Events with unique audit IDs written into the placeholder, cheaply.
+    static func eventList(_ template: [Data], count: Int, seed: Int) -> [UInt8] {
+        var out = Array(#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":["#.utf8)
+        for (i, event) in eventList(template, count: count, seed: seed, itemsOnly: true).enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            out += event
+        }
+        out += Array("]}".utf8)
+        return out
+    }
+
+    static func eventList(_ template: [Data], count: Int, seed: Int, itemsOnly: Bool) -> [Data] {
+        let placeholder = Data("00000000-0000-0000-0000-000000000000".utf8)
+        return (0..<count).map { i in
+            var event = template[(seed * count + i) % template.count]
+            let id = String(format: "%08x-0000-4000-8000-%012x", seed, i)
+            if let r = event.range(of: placeholder) { event.replaceSubrange(r, with: Data(id.utf8)) }
+            return event
+        }
+    }
+
+    static func gzip(_ input: [UInt8]) -> [UInt8] {
+        var stream = z_stream()
+        deflateInit2_(&stream, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size))
+        var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, UInt(input.count))) + 32)
+        var source = input
+        source.withUnsafeMutableBufferPointer { src in
+            output.withUnsafeMutableBufferPointer { dst in
+                stream.next_in = src.baseAddress
+                stream.avail_in = UInt32(src.count)
+                stream.next_out = dst.baseAddress
+                stream.avail_out = UInt32(dst.count)
+                deflate(&stream, Z_FINISH)
+            }
+        }
+        let size = Int(stream.total_out)
+        deflateEnd(&stream)
+        return Array(output.prefix(size))
+    }
+
+    static func peakMemory(_ pid: Int32) -> Int {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") })
+        else { return 0 }
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+
+    static func metric(_ client: HTTPClient, port: Int?, _ name: String, credentials: String? = nil, hubAdmin: String? = nil) async throws -> Double {
+        var url = "http://127.0.0.1:\(port ?? 0)/metrics"
+        var c = client
+        var owned: HTTPClient?
+        if let credentials {
+            let creds = try JSONDecoder().decode(AdminCredentials.self, from: Data(contentsOf: URL(fileURLWithPath: credentials)))
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(creds.caCertificate.utf8)))
+            owned = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+            c = owned!
+            url = creds.server + "/metrics"
+        }
+        defer { if let owned { Task { try? await owned.shutdown() } } }
+        let response = try await c.execute(HTTPClientRequest(url: url), timeout: .seconds(5))
+        let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
+        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+            return Double(line.split(separator: " ").last!) ?? 0
+        }
+        throw BenchError("no \(name) in /metrics")
+    }
+
+    static func port(of child: Child, after marker: String) async throws -> Int {
+        let line = try await child.waitFor(marker)
+        guard let range = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression),
+              let port = Int(line[range].split(separator: ":").last!)
+        else { throw BenchError("no port in: \(line)") }
+        return port
+    }
+
+    @discardableResult
+    static func run(_ exe: String, _ args: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw BenchError("\(exe) \(args) failed") }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// A child process whose log lines can be awaited.
+final class Child: Sendable {
+    let process: Process
+    let output = Locked("")
+    var pid: Int32 { process.processIdentifier }
+
+    init(_ exe: String, _ args: [String]) throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: exe)
+        process.arguments = args
+        let pipe = Pipe()
+        process.standardError = pipe
+        process.standardOutput = pipe
+        let output = self.output
+        pipe.fileHandleForReading.readabilityHandler = { h in
+            let d = h.availableData
+            if !d.isEmpty { output.withLock { $0 += String(decoding: d, as: UTF8.self) } }
+        }
+        try process.run()
+    }
+
+    func waitFor(_ marker: String) async throws -> String {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            if let line = output.value.split(separator: "\n").first(where: { $0.contains(marker) }) { return String(line) }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw BenchError("timed out waiting for '\(marker)':\n\(output.value)")
+    }
+
+    func kill() {
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGTERM) }
+    }
+}
