@@ -48,6 +48,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Key (PEM) for --audit-tls-cert.", valueName: "path"))
     var auditTlsKey: String?
 
+    @Option(help: ArgumentHelp("Follow this API server audit log file (JSON lines) through rotation; its position is kept in the state dir.", valueName: "path"))
+    var auditLogFile: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -83,6 +86,7 @@ struct RunCommand: AsyncParsableCommand {
         config.auditSpoolMax = try ByteSize.parse(auditSpoolMax)
         config.auditTLSCertFile = auditTlsCert
         config.auditTLSKeyFile = auditTlsKey
+        config.auditLogFile = auditLogFile
         let runtime = try AgentRuntime(configuration: config, logger: logger, signals: [.sigterm, .sigint])
         try await runtime.run()
     }

@@ -18,6 +18,8 @@ struct AgentConfiguration: Sendable {
     var auditSpoolMax: Int64 = 1 << 30
     var auditTLSCertFile: String?
     var auditTLSKeyFile: String?
+    /// An API server audit log to follow instead of (or besides) the webhook.
+    var auditLogFile: String?
     var auditNames = AuditEndpoint.defaultNames(namespace: ProcessInfo.processInfo.environment["POD_NAMESPACE"])
 }
 
@@ -65,6 +67,9 @@ final class AgentRuntime: Sendable {
                 logger: logger)))
         } else {
             endpoint = nil
+        }
+        if let file = c.auditLogFile {
+            services.append(.init(service: AuditLogFollower(path: file, spool: spool, stateDir: c.stateDirectory, metrics: metrics, logger: logger)))
         }
         services.append(.init(service: link, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
         group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: signals, cancellationSignals: [], logger: logger))
