@@ -21,7 +21,7 @@ public struct TemporaryDirectory: Sendable {
 /// For state that has no event to await (another process's view of the world);
 /// the deadline is a failure bound, not a synchronisation guess.
 public func eventually(
-    timeout: Duration = .seconds(10),
+    timeout: Duration = .seconds(30),
     _ what: @autoclosure () -> String = "condition",
     _ condition: () async throws -> Bool
 ) async throws {

@@ -101,7 +101,7 @@ final class TestAgent: Sendable {
 
     var isConnected: Bool { link.status.value.connected }
 
-    func waitUntilConnected(timeout: Duration = .seconds(10)) async throws {
+    func waitUntilConnected(timeout: Duration = .seconds(30)) async throws {
         try await eventually(timeout: timeout, "agent connected") { self.isConnected }
     }
 
