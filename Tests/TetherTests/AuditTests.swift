@@ -86,19 +86,27 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
+        // The webhook bodies through the webhook, the log backend's file through --audit-log-file.
+        let logFile = Self.fixtures.appendingPathComponent("log/audit.log").path
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true, auditLogFile: logFile)
+        var expected: [String: [String: Any]] = [:]
+        let logLines = try AuditLogFollowerTests.realLines()
+        for line in logLines {
+            let item = try JSONSerialization.jsonObject(with: line) as! [String: Any]
+            expected["\(item["auditID"]!)/\(item["stage"]!)"] = item
+        }
+        let fixtures = try Self.webhookFixtures()
+        for (_, body) in fixtures {
+            for item in try Self.items(body) { expected["\(item["auditID"]!)/\(item["stage"]!)"] = item }
+        }
+        let total = UInt64(expected.count)
         try await agent.waitUntilConnected()
         try await withWebhook(agent) { webhook in
-
-            var expected: [String: [String: Any]] = [:]
-            for (name, body) in try Self.webhookFixtures() {
+            for (name, body) in fixtures {
                 let (status, text) = try await webhook.post(body)
                 #expect(status == 200, "\(name): \(text)")
-                for item in try Self.items(body) {
-                    expected["\(item["auditID"]!)/\(item["stage"]!)"] = item
-                }
             }
-            let total = UInt64(agent.runtime.spool.lastSequence)
+            try await eventually("agent spooled every event") { agent.runtime.spool.lastSequence == total }
             try await eventually("hub has every event") { try hub.core.auditAcknowledged(ClusterName("prod-eu")) == total }
 
             // Export through the admin API, as `tether-hub audit export` does.

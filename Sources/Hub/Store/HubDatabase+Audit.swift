@@ -40,6 +40,8 @@ extension HubDatabase {
             try db.create(index: "auditEventsClusterTime", on: "auditEvents", columns: ["cluster", "time"])
             try db.create(index: "auditEventsUserTime", on: "auditEvents", columns: ["user", "time"])
             try db.create(index: "auditEventsResourceTime", on: "auditEvents", columns: ["resource", "time"])
+            try db.create(index: "auditEventsNamespaceName", on: "auditEvents", columns: ["namespace", "name"])
+            try db.execute(sql: "CREATE INDEX auditEventsImpersonated ON auditEvents(impersonatedUser, time) WHERE impersonatedUser IS NOT NULL")
             try db.create(table: "auditCursors") { t in
                 t.primaryKey("cluster", .text)
                 t.column("acknowledged", .integer).notNull()
