@@ -78,6 +78,21 @@ import Testing
         return try JSONSerialization.data(withJSONObject: ["kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": [:], "items": items])
     }
 
+    /// Stores every webhook fixture as one batch each, as an agent would send them.
+    @discardableResult
+    static func ingestFixtures(into core: HubCore) throws -> [[String: Any]] {
+        var sequence: UInt64 = 1
+        var all: [[String: Any]] = []
+        for (_, body) in try webhookFixtures() {
+            let items = try Self.items(body)
+            let raws = try items.map { try JSONSerialization.data(withJSONObject: $0) }
+            _ = try core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: sequence, events: raws)
+            sequence += UInt64(raws.count)
+            all += items
+        }
+        return all
+    }
+
     func stored(_ hub: TestHub, cluster: String) throws -> [StoredAuditEvent] {
         try hub.core.database.auditEvents(AuditQuery(cluster: cluster, limit: 1_000_000, afterID: 0))
     }
@@ -244,15 +259,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        var all: [[String: Any]] = []
-        var sequence: UInt64 = 1
-        for (_, body) in try Self.webhookFixtures() {
-            let items = try Self.items(body)
-            let raws = try items.map { try JSONSerialization.data(withJSONObject: $0) }
-            _ = try hub.core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: sequence, events: raws)
-            sequence += UInt64(raws.count)
-            all += items
-        }
+        let all = try Self.ingestFixtures(into: hub.core)
         func count(_ predicate: ([String: Any]) -> Bool) -> Int { all.filter(predicate).count }
         func query(_ q: AuditQuery) throws -> [[String: Any]] {
             var q = q
@@ -283,12 +290,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        var sequence: UInt64 = 1
-        for (_, body) in try Self.webhookFixtures() {
-            let raws = try Self.items(body).map { try JSONSerialization.data(withJSONObject: $0) }
-            _ = try hub.core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: sequence, events: raws)
-            sequence += UInt64(raws.count)
-        }
+        try Self.ingestFixtures(into: hub.core)
         try await hub.stop()
         let db = hub.dataDir + "/hub.db"
         let hubBinary = try ChildProcess.binary("tether-hub")
@@ -318,12 +320,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        var sequence: UInt64 = 1
-        for (_, body) in try Self.webhookFixtures() {
-            let raws = try Self.items(body).map { try JSONSerialization.data(withJSONObject: $0) }
-            _ = try hub.core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: sequence, events: raws)
-            sequence += UInt64(raws.count)
-        }
+        try Self.ingestFixtures(into: hub.core)
         try await hub.stop()
         let db = hub.dataDir + "/hub.db"
         func sqlite(_ sql: String) throws { _ = try runCommand("/usr/bin/sqlite3", [db, sql]) }

@@ -105,33 +105,9 @@ struct DataDirectory {
 
 /// Writes a file atomically with mode 0600.
 func writeSecret(_ text: String, to path: String) throws {
-    try writeFile(text, to: path, mode: 0o600)
+    try AtomicFile.write(Data(text.utf8), to: path, mode: 0o600)
 }
 
-/// Writes via a temporary file in the same directory, fsyncs, then renames, so a
-/// crash leaves either the old or the new content and never a torn file.
-func writeFile(_ text: String, to path: String, mode: Int) throws {
-    let tmp = path + ".tmp-\(getpid())"
-    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode_t(mode))
-    guard fd >= 0 else { throw TetherError(.storage, "cannot write \(path): \(String(cString: strerror(errno)))") }
-    let bytes = Array(text.utf8)
-    var written = 0
-    while written < bytes.count {
-        let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        if n < 0 {
-            let why = String(cString: strerror(errno))
-            close(fd)
-            unlink(tmp)
-            throw TetherError(.storage, "cannot write \(path): \(why)")
-        }
-        written += n
-    }
-    fchmod(fd, mode_t(mode))
-    let synced = fsync(fd) == 0
-    close(fd)
-    guard synced, rename(tmp, path) == 0 else {
-        let why = String(cString: strerror(errno))
-        unlink(tmp)
-        throw TetherError(.storage, "cannot write \(path): \(why)")
-    }
+func writeFile(_ text: String, to path: String, mode: mode_t) throws {
+    try AtomicFile.write(Data(text.utf8), to: path, mode: mode)
 }
