@@ -22,6 +22,8 @@ final class HubLink: Service, Sendable {
     let status = Locked(LinkStatus())
     /// What else runs over the channel while it is up (the audit forwarder).
     let participants: [any ChannelParticipant]
+    /// Applies the desired states the hub sends.
+    let applier: any DesiredStateApplier
 
     struct LinkStatus: Sendable {
         var connected = false
@@ -29,10 +31,14 @@ final class HubLink: Service, Sendable {
         var lastError: TetherError?
         var renewals = 0
         var channelsOpened = 0
+        /// The desired-state revision last applied (told to the hub in Hello).
+        var observedRevision: UInt64 = 0
     }
 
-    init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics, participants: [any ChannelParticipant] = []) {
+    init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics,
+         participants: [any ChannelParticipant] = [], applier: any DesiredStateApplier = NoKubernetesApplier()) {
         self.participants = participants
+        self.applier = applier
         self.store = store
         self.joinString = joinString
         self.logger = logger
@@ -130,6 +136,7 @@ final class HubLink: Service, Sendable {
                 $0.protocolVersion = ProtocolVersion.current
                 $0.agentVersion = TetherVersion.current
                 $0.uptimeSeconds = (ContinuousClock.now - startedAt).seconds
+                $0.observedRevision = status.value.observedRevision
             }
         })
         do {
@@ -162,6 +169,7 @@ final class HubLink: Service, Sendable {
         client: GRPCClient<HTTP2ClientTransport.Posix>
     ) async throws -> Bool {
         let pendingKey = Locked<P256.Signing.PrivateKey?>(nil)
+        let (desiredStates, desiredWriter) = AsyncStream.makeStream(of: Tether_V1_DesiredState.self, bufferingPolicy: .bufferingNewest(1))
         var welcomed = false
         try await withThrowingTaskGroup(of: Void.self) { group in
             defer { group.cancelAll() }
@@ -181,6 +189,7 @@ final class HubLink: Service, Sendable {
                         "cluster": "\(welcome.clusterName)", "hubVersion": "\(welcome.hubVersion)",
                         "heartbeat": "\(DurationParser.format(interval))"])
                     group.addTask { try await self.sendHeartbeats(every: interval, outbox: outbox) }
+                    group.addTask { try await self.applyDesiredStates(desiredStates, outbox: outbox) }
                     for participant in participants {
                         group.addTask { try await participant.run(over: client) }
                     }
@@ -189,12 +198,38 @@ final class HubLink: Service, Sendable {
                     guard let key = pendingKey.withLock({ $0 }) else { continue }
                     try acceptRenewal(renewed, key: key, identity: identity)
                     pendingKey.withLock { $0 = nil }
+                case .desired(let desired):
+                    // Only the newest matters: a later revision replaces one not yet applied.
+                    desiredWriter.yield(desired)
                 case .heartbeatAck, .none:
                     continue
                 }
             }
         }
         return welcomed
+    }
+
+    /// Applies desired states one at a time, newest first, and reports each.
+    private func applyDesiredStates(_ states: AsyncStream<Tether_V1_DesiredState>, outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation) async throws {
+        for await desired in states {
+            let objects = desired.objects.map { DesiredObjectSpec(bundle: $0.bundle, json: $0.object) }
+            logger.info("applying desired state", metadata: ["revision": "\(desired.revision)", "objects": "\(objects.count)"])
+            let results = await applier.apply(revision: desired.revision, objects: objects)
+            status.withLock { $0.observedRevision = desired.revision }
+            outbox.yield(.with {
+                $0.report = .with { report in
+                    report.revision = desired.revision
+                    report.results = results.map { r in
+                        .with {
+                            $0.bundle = r.bundle
+                            $0.object = r.object
+                            $0.state = r.state.rawValue
+                            $0.message = r.message ?? ""
+                        }
+                    }
+                }
+            })
+        }
     }
 
     private func sendHeartbeats(every interval: Duration, outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation) async throws {

@@ -29,6 +29,7 @@ enum AdminServer {
             .add(middleware: BearerAuthMiddleware(database: core.database))
             .add(middleware: AuditReadsMiddleware(core: core))
         addAuditRoutes(to: v1, core: core)
+        addPolicyRoutes(to: v1, core: core)
         v1.post("clusters") { request, context -> Response in
             let body = try await request.decode(as: AddClusterRequest.self, context: context)
             let record = try core.addCluster(try ClusterName(body.name), labels: body.labels ?? [:])

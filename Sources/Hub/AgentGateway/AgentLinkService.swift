@@ -22,6 +22,9 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
         let interval = core.settings.heartbeatInterval
         let session = SessionState(certificateDeadline: certificate.notValidAfter)
         let (closeSignals, closer) = AsyncStream.makeStream(of: TetherError.self)
+        // One writer for the response stream; the reader and the policy sender queue into it.
+        let (outbox, outboxWriter) = AsyncStream.makeStream(of: Tether_V1_HubMessage.self)
+        let policyChanged = ChangeSignal()
         let logger = {
             var logger = core.logger
             logger[metadataKey: "cluster"] = "\(cluster)"
@@ -38,7 +41,14 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    try await readMessages(request, response: response, cluster: cluster, serial: serial, session: session, closer: closer, logger: logger)
+                    for await message in outbox { try await response.write(message) }
+                }
+                group.addTask {
+                    try await readMessages(request, outbox: outboxWriter, cluster: cluster, serial: serial, session: session,
+                                           closer: closer, policyChanged: policyChanged, logger: logger)
+                }
+                group.addTask {
+                    try await sendDesiredStates(cluster: cluster, session: session, changed: policyChanged, outbox: outboxWriter)
                 }
                 group.addTask {
                     try await watch(session, interval: interval)
@@ -58,9 +68,10 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
 
     private func readMessages(
         _ request: RPCAsyncSequence<Tether_V1_AgentMessage, any Error>,
-        response: RPCWriter<Tether_V1_HubMessage>,
+        outbox: AsyncStream<Tether_V1_HubMessage>.Continuation,
         cluster: ClusterName, serial: String, session: SessionState,
         closer: AsyncStream<TetherError>.Continuation,
+        policyChanged: ChangeSignal,
         logger: Logger
     ) async throws {
         var sawHello = false
@@ -76,10 +87,10 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 sawHello = true
                 session.agentVersion = hello.agentVersion
                 try core.database.recordHeartbeat(cluster, agentVersion: hello.agentVersion, now: core.clock.now())
-                session.registrationID = core.registry.register(cluster) { reason in
+                session.registrationID = core.registry.register(cluster, close: { reason in
                     closer.yield(reason)
                     closer.finish()
-                }
+                }, nudge: { policyChanged.notify() })
                 // A removal that raced this connection's interceptor check still wins.
                 guard try core.database.standing(ofCertificate: serial) == .active else {
                     throw TetherError(.clusterRevoked, "the certificate for cluster '\(cluster)' was revoked").rpcError
@@ -90,16 +101,18 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 welcome.hubVersion = TetherVersion.current
                 welcome.clusterName = cluster.rawValue
                 welcome.heartbeatIntervalSeconds = core.settings.heartbeatInterval.seconds
-                try await response.write(.with { $0.welcome = welcome })
+                outbox.yield(.with { $0.welcome = welcome })
+                session.observedRevision = hello.observedRevision
+                policyChanged.notify()
             case .heartbeat(let heartbeat) where sawHello:
                 session.agentVersion = heartbeat.agentVersion
                 try core.database.recordHeartbeat(cluster, agentVersion: heartbeat.agentVersion, now: core.clock.now())
-                try await response.write(.with { $0.heartbeatAck = .with { $0.hubTimeUnix = core.clock.now().timeIntervalSince1970 } })
+                outbox.yield(.with { $0.heartbeatAck = .with { $0.hubTimeUnix = core.clock.now().timeIntervalSince1970 } })
             case .renew(let renew) where sawHello:
                 do {
                     let issued = try core.renew(cluster: cluster, csrPEM: renew.csrPem)
                     session.certificateDeadline = issued.notAfter
-                    try await response.write(.with {
+                    outbox.yield(.with {
                         $0.renewed = .with {
                             $0.certificatePem = issued.pem
                             $0.caCertificatePem = (try? PKI.pem(core.ca.certificate)) ?? ""
@@ -108,9 +121,38 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 } catch let error as TetherError {
                     throw error.rpcError
                 }
+            case .report(let report) where sawHello:
+                let results = report.results.map {
+                    ObjectResult(bundle: $0.bundle, object: $0.object, state: $0.state, message: $0.message.isEmpty ? nil : $0.message)
+                }
+                try core.database.recordPolicyReport(cluster: cluster.rawValue, revision: report.revision, results: results, now: core.clock.now())
+                for result in results where result.state == "drifted" {
+                    logger.notice("drift reverted in cluster", metadata: ["object": "\(result.object)", "bundle": "\(result.bundle)"])
+                }
             default:
                 throw RPCError(code: .failedPrecondition, message: "the first message on a channel must be Hello")
             }
+        }
+    }
+
+    /// Sends the cluster's desired state whenever it is newer than what the agent
+    /// has (from its Hello, then from what was sent on this channel).
+    private func sendDesiredStates(cluster: ClusterName, session: SessionState, changed: ChangeSignal,
+                                   outbox: AsyncStream<Tether_V1_HubMessage>.Continuation) async throws {
+        while !Task.isCancelled {
+            let seen = changed.generation
+            if let observed = session.observedRevision,
+               let desired = try core.database.desiredState(cluster.rawValue), desired.revision > observed {
+                outbox.yield(.with {
+                    $0.desired = .with { state in
+                        state.revision = desired.revision
+                        state.hash = desired.hash
+                        state.objects = desired.objects.map { object in .with { $0.bundle = object.bundle; $0.object = object.json } }
+                    }
+                })
+                session.observedRevision = desired.revision
+            }
+            await changed.wait(after: seen)
         }
     }
 
@@ -140,6 +182,8 @@ final class SessionState: Sendable {
         var certificateDeadline: Date
         var agentVersion = ""
         var registrationID: UInt64?
+        /// The newest revision the agent has or was sent on this channel.
+        var observedRevision: UInt64?
     }
 
     private let state: Mutex<State>
@@ -164,5 +208,10 @@ final class SessionState: Sendable {
     var registrationID: UInt64? {
         get { state.withLock { $0.registrationID } }
         set { state.withLock { $0.registrationID = newValue } }
+    }
+
+    var observedRevision: UInt64? {
+        get { state.withLock { $0.observedRevision } }
+        set { state.withLock { $0.observedRevision = newValue } }
     }
 }

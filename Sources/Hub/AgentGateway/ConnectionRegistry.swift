@@ -11,6 +11,8 @@ final class ConnectionRegistry: Sendable {
     struct Session {
         let id: UInt64
         let close: @Sendable (TetherError) -> Void
+        /// Asks the session to send the cluster's latest desired state.
+        let nudge: @Sendable () -> Void
     }
 
     private struct State {
@@ -27,13 +29,13 @@ final class ConnectionRegistry: Sendable {
     }
 
     /// Adds a session; returns its id for `unregister`.
-    func register(_ cluster: ClusterName, close: @escaping @Sendable (TetherError) -> Void) -> UInt64 {
+    func register(_ cluster: ClusterName, close: @escaping @Sendable (TetherError) -> Void, nudge: @escaping @Sendable () -> Void = {}) -> UInt64 {
         let (id, previous, count) = state.withLock { s in
             let id = s.nextID
             s.nextID += 1
             s.opened += 1
             let previous = s.sessions[cluster]
-            s.sessions[cluster] = Session(id: id, close: close)
+            s.sessions[cluster] = Session(id: id, close: close, nudge: nudge)
             return (id, previous, s.sessions.count)
         }
         previous?.close(TetherError(.unavailable, "replaced by a newer connection from the same cluster"))
@@ -61,6 +63,11 @@ final class ConnectionRegistry: Sendable {
         guard let session else { return }
         session.close(reason)
         onChange(count)
+    }
+
+    /// Nudges the cluster's session, if connected, to send its desired state.
+    func nudge(_ cluster: ClusterName) {
+        state.withLock { $0.sessions[cluster] }?.nudge()
     }
 
     /// Closes every channel: graceful shutdown.

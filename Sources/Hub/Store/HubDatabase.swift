@@ -83,6 +83,7 @@ final class HubDatabase: Sendable {
             }
         }
         registerAuditMigrations(&m)
+        registerPolicyMigrations(&m)
         return m
     }
 
@@ -96,6 +97,9 @@ final class HubDatabase: Sendable {
             }
             let record = ClusterRecord(name: name.rawValue, labels: labels, createdAt: now)
             try record.insert(db)
+            // Bundles that select the new cluster apply at once (or the add is refused
+            // if two of them would put the same object on it).
+            _ = try recompile(db, now: now)
             return record
         }
     }

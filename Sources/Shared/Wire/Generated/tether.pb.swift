@@ -104,12 +104,21 @@ public nonisolated struct Tether_V1_AgentMessage: Sendable {
     set {kind = .renew(newValue)}
   }
 
+  public var report: Tether_V1_PolicyReport {
+    get {
+      if case .report(let v)? = kind {return v}
+      return Tether_V1_PolicyReport()
+    }
+    set {kind = .report(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
     case hello(Tether_V1_Hello)
     case heartbeat(Tether_V1_Heartbeat)
     case renew(Tether_V1_RenewRequest)
+    case report(Tether_V1_PolicyReport)
 
   }
 
@@ -147,12 +156,21 @@ public nonisolated struct Tether_V1_HubMessage: Sendable {
     set {kind = .renewed(newValue)}
   }
 
+  public var desired: Tether_V1_DesiredState {
+    get {
+      if case .desired(let v)? = kind {return v}
+      return Tether_V1_DesiredState()
+    }
+    set {kind = .desired(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
     case welcome(Tether_V1_Welcome)
     case heartbeatAck(Tether_V1_HeartbeatAck)
     case renewed(Tether_V1_RenewResponse)
+    case desired(Tether_V1_DesiredState)
 
   }
 
@@ -169,6 +187,9 @@ public nonisolated struct Tether_V1_Hello: Sendable {
   public var agentVersion: String = String()
 
   public var uptimeSeconds: Double = 0
+
+  /// The desired-state revision the agent last applied; the hub sends anything newer.
+  public var observedRevision: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -277,6 +298,75 @@ public nonisolated struct Tether_V1_AuditAck: Sendable {
   public init() {}
 }
 
+/// Everything the hub wants in the agent's cluster, at one revision.
+public nonisolated struct Tether_V1_DesiredState: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var revision: UInt64 = 0
+
+  /// SHA-256 of the content: the same content never gets a new revision.
+  public var hash: String = String()
+
+  /// In apply order: namespaces first, policies before their bindings.
+  public var objects: [Tether_V1_DesiredObject] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tether_V1_DesiredObject: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var bundle: String = String()
+
+  /// The Kubernetes object, JSON, with Tether's ownership label and annotation.
+  public var object: Data = Data()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// What the agent did with a revision, object by object.
+public nonisolated struct Tether_V1_PolicyReport: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var revision: UInt64 = 0
+
+  public var results: [Tether_V1_ObjectResult] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Tether_V1_ObjectResult: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var bundle: String = String()
+
+  /// Kind/name or Kind/namespace/name.
+  public var object: String = String()
+
+  /// applied, failed, drifted or pruned.
+  public var state: String = String()
+
+  public var message: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "tether.v1"
@@ -378,7 +468,7 @@ nonisolated extension Tether_V1_EnrollResponse: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Tether_V1_AgentMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AgentMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}heartbeat\0\u{1}renew\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}heartbeat\0\u{1}renew\0\u{1}report\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -425,6 +515,19 @@ nonisolated extension Tether_V1_AgentMessage: SwiftProtobuf.Message, SwiftProtob
           self.kind = .renew(v)
         }
       }()
+      case 4: try {
+        var v: Tether_V1_PolicyReport?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .report(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .report(v)
+        }
+      }()
       default: break
       }
     }
@@ -448,6 +551,10 @@ nonisolated extension Tether_V1_AgentMessage: SwiftProtobuf.Message, SwiftProtob
       guard case .renew(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     }()
+    case .report?: try {
+      guard case .report(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -462,7 +569,7 @@ nonisolated extension Tether_V1_AgentMessage: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tether_V1_HubMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HubMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}welcome\0\u{3}heartbeat_ack\0\u{1}renewed\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}welcome\0\u{3}heartbeat_ack\0\u{1}renewed\0\u{1}desired\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -509,6 +616,19 @@ nonisolated extension Tether_V1_HubMessage: SwiftProtobuf.Message, SwiftProtobuf
           self.kind = .renewed(v)
         }
       }()
+      case 4: try {
+        var v: Tether_V1_DesiredState?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .desired(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .desired(v)
+        }
+      }()
       default: break
       }
     }
@@ -532,6 +652,10 @@ nonisolated extension Tether_V1_HubMessage: SwiftProtobuf.Message, SwiftProtobuf
       guard case .renewed(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     }()
+    case .desired?: try {
+      guard case .desired(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -546,7 +670,7 @@ nonisolated extension Tether_V1_HubMessage: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension Tether_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Hello"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}agent_version\0\u{3}uptime_seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}agent_version\0\u{3}uptime_seconds\0\u{3}observed_revision\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -557,6 +681,7 @@ nonisolated extension Tether_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case 1: try { try decoder.decodeSingularUInt32Field(value: &self.protocolVersion) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.agentVersion) }()
       case 3: try { try decoder.decodeSingularDoubleField(value: &self.uptimeSeconds) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.observedRevision) }()
       default: break
       }
     }
@@ -572,6 +697,9 @@ nonisolated extension Tether_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if self.uptimeSeconds.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.uptimeSeconds, fieldNumber: 3)
     }
+    if self.observedRevision != 0 {
+      try visitor.visitSingularUInt64Field(value: self.observedRevision, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -579,6 +707,7 @@ nonisolated extension Tether_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if lhs.protocolVersion != rhs.protocolVersion {return false}
     if lhs.agentVersion != rhs.agentVersion {return false}
     if lhs.uptimeSeconds != rhs.uptimeSeconds {return false}
+    if lhs.observedRevision != rhs.observedRevision {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -819,6 +948,161 @@ nonisolated extension Tether_V1_AuditAck: SwiftProtobuf.Message, SwiftProtobuf._
 
   public static func ==(lhs: Tether_V1_AuditAck, rhs: Tether_V1_AuditAck) -> Bool {
     if lhs.acknowledgedSequence != rhs.acknowledgedSequence {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tether_V1_DesiredState: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DesiredState"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}revision\0\u{1}hash\0\u{1}objects\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.revision) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.hash) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.objects) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.revision != 0 {
+      try visitor.visitSingularUInt64Field(value: self.revision, fieldNumber: 1)
+    }
+    if !self.hash.isEmpty {
+      try visitor.visitSingularStringField(value: self.hash, fieldNumber: 2)
+    }
+    if !self.objects.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.objects, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tether_V1_DesiredState, rhs: Tether_V1_DesiredState) -> Bool {
+    if lhs.revision != rhs.revision {return false}
+    if lhs.hash != rhs.hash {return false}
+    if lhs.objects != rhs.objects {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tether_V1_DesiredObject: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DesiredObject"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bundle\0\u{1}object\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.bundle) }()
+      case 2: try { try decoder.decodeSingularBytesField(value: &self.object) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.bundle.isEmpty {
+      try visitor.visitSingularStringField(value: self.bundle, fieldNumber: 1)
+    }
+    if !self.object.isEmpty {
+      try visitor.visitSingularBytesField(value: self.object, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tether_V1_DesiredObject, rhs: Tether_V1_DesiredObject) -> Bool {
+    if lhs.bundle != rhs.bundle {return false}
+    if lhs.object != rhs.object {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tether_V1_PolicyReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PolicyReport"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}revision\0\u{1}results\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.revision) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.results) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.revision != 0 {
+      try visitor.visitSingularUInt64Field(value: self.revision, fieldNumber: 1)
+    }
+    if !self.results.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.results, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tether_V1_PolicyReport, rhs: Tether_V1_PolicyReport) -> Bool {
+    if lhs.revision != rhs.revision {return false}
+    if lhs.results != rhs.results {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tether_V1_ObjectResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ObjectResult"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bundle\0\u{1}object\0\u{1}state\0\u{1}message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.bundle) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.object) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.bundle.isEmpty {
+      try visitor.visitSingularStringField(value: self.bundle, fieldNumber: 1)
+    }
+    if !self.object.isEmpty {
+      try visitor.visitSingularStringField(value: self.object, fieldNumber: 2)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 3)
+    }
+    if !self.message.isEmpty {
+      try visitor.visitSingularStringField(value: self.message, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tether_V1_ObjectResult, rhs: Tether_V1_ObjectResult) -> Bool {
+    if lhs.bundle != rhs.bundle {return false}
+    if lhs.object != rhs.object {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.message != rhs.message {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

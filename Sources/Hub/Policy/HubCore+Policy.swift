@@ -1,0 +1,82 @@
+import Foundation
+import Shared
+
+extension HubCore {
+    /// Stores bundles and pushes the resulting desired states to connected agents.
+    func applyBundles(_ bundles: [PolicyBundle], by caller: Caller = .operator) throws -> [DesiredState] {
+        let changed = try database.applyBundles(bundles, now: clock.now())
+        for bundle in bundles {
+            audit(HubAction(verb: "apply", resource: "policybundles", name: bundle.name, user: caller.user, code: 200, sourceIP: caller.address,
+                            message: "\(bundle.resources.count) objects"))
+        }
+        publish(changed)
+        return changed
+    }
+
+    func deleteBundle(_ name: String, by caller: Caller = .operator) throws -> [DesiredState] {
+        let changed = try database.deleteBundle(name, now: clock.now())
+        audit(HubAction(verb: "delete", resource: "policybundles", name: name, user: caller.user, code: 200, sourceIP: caller.address))
+        publish(changed)
+        return changed
+    }
+
+    func relabelCluster(_ name: ClusterName, changes: [String: String?], by caller: Caller = .operator) throws -> ClusterRecord {
+        for case let (key, value?) in changes { try LabelRules.validate(key: key, value: value) }
+        let (record, changed) = try database.relabelCluster(name, changes: changes, now: clock.now())
+        audit(HubAction(verb: "patch", resource: "clusters", name: name.rawValue, user: caller.user, code: 200, sourceIP: caller.address,
+                        message: "labels " + changes.map { "\($0.key)=\($0.value ?? "-")" }.sorted().joined(separator: ",")))
+        publish(changed)
+        return record
+    }
+
+    /// Tells each affected cluster's open channel to send its new desired state.
+    func publish(_ states: [DesiredState]) {
+        for state in states {
+            if let cluster = try? ClusterName(state.cluster) { registry.nudge(cluster) }
+        }
+    }
+
+    /// Per matching cluster: desired and observed revision and a state.
+    func policyStatus(bundle: String) throws -> [PolicyStatusRow] {
+        guard try database.bundleDocuments().contains(where: { $0.name == bundle }) else {
+            throw TetherError(.notFound, "policy bundle '\(bundle)' not found")
+        }
+        var rows: [PolicyStatusRow] = []
+        for cluster in try database.clusters() where cluster.revokedAt == nil {
+            guard let desired = try database.desiredState(cluster.name) else { continue }
+            let mine = desired.objects.filter { $0.bundle == bundle }
+            guard !mine.isEmpty else { continue }
+            let observed = try database.observedRevision(cluster.name)
+            let results = try database.objectStatuses(cluster: cluster.name, bundle: bundle)
+            let failed = results.filter { $0.state == "failed" }
+            let drifted = results.filter { $0.state == "drifted" }
+            let state: String
+            var message: String?
+            if let first = failed.first {
+                state = "failed"
+                message = "\(first.object): \(first.message ?? "failed")" + (failed.count > 1 ? " (+\(failed.count - 1) more)" : "")
+            } else if observed != desired.revision {
+                state = "pending"
+            } else if let first = drifted.first {
+                state = "drifted"
+                message = "\(first.object) was changed in the cluster; reverting"
+            } else {
+                state = "in-sync"
+            }
+            rows.append(PolicyStatusRow(cluster: cluster.name, desiredRevision: desired.revision, observedRevision: observed,
+                                        state: state, objects: mine.count, message: message, results: results))
+        }
+        return rows
+    }
+}
+
+/// One line of `policy status`.
+struct PolicyStatusRow: Codable, Sendable {
+    var cluster: String
+    var desiredRevision: UInt64
+    var observedRevision: UInt64?
+    var state: String
+    var objects: Int
+    var message: String?
+    var results: [ObjectResult]
+}
