@@ -127,6 +127,8 @@ extension HubDatabase {
             let hash = PKI.hex(hasher.finalize())
             let current = try Self.desired(db, cluster.name)
             guard current?.hash != hash else { continue }
+            // A cluster no bundle ever selected has no desired state (revision 0).
+            if current == nil && objects.isEmpty { continue }
             let state = DesiredState(cluster: cluster.name, revision: (current?.revision ?? 0) + 1, hash: hash, objects: objects)
             try db.execute(sql: """
                 INSERT INTO desiredStates (cluster, revision, hash, objects, compiledAt) VALUES (?, ?, ?, ?, ?)
