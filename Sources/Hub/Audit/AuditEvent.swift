@@ -16,34 +16,59 @@ struct IndexedAuditEvent: Sendable {
     var name: String?
     var code: Int?
 
-    /// Parses and checks one event; the error names what is missing.
+    /// Reads the indexed fields of one event; the error names what is missing.
+    /// Scans the JSON rather than parsing all of it: this runs for every event.
     init(raw: Data) throws {
-        guard let object = try? JSONSerialization.jsonObject(with: raw) as? [String: Any] else {
+        var fields: [String: String] = [:]
+        var code: Int?
+        do {
+            try JSONScanner.with(raw) { scanner in
+                for (key, range) in try scanner.members() {
+                    switch String(Substring(key)) {
+                    case "auditID", "stage", "stageTimestamp", "requestReceivedTimestamp", "verb":
+                        if let value = scanner.string(range) { fields[String(Substring(key))] = value }
+                    case "user", "impersonatedUser":
+                        var sub = scanner.at(range)
+                        for (k, r) in (try? sub.members()) ?? [] where Substring(k) == "username" {
+                            fields[String(Substring(key))] = sub.string(r)
+                        }
+                    case "objectRef":
+                        var sub = scanner.at(range)
+                        for (k, r) in (try? sub.members()) ?? [] {
+                            let name = String(Substring(k))
+                            if ["resource", "namespace", "name"].contains(name) { fields["ref." + name] = sub.string(r) }
+                        }
+                    case "responseStatus":
+                        var sub = scanner.at(range)
+                        for (k, r) in (try? sub.members()) ?? [] where Substring(k) == "code" { code = sub.int(r) }
+                    default:
+                        continue
+                    }
+                }
+            }
+        } catch {
             throw TetherError(.invalidArgument, "audit event is not a JSON object")
         }
-        guard let auditID = object["auditID"] as? String, !auditID.isEmpty else {
+        guard let auditID = fields["auditID"], !auditID.isEmpty else {
             throw TetherError(.invalidArgument, "audit event has no auditID")
         }
-        guard let stage = object["stage"] as? String, !stage.isEmpty else {
+        guard let stage = fields["stage"], !stage.isEmpty else {
             throw TetherError(.invalidArgument, "audit event \(auditID) has no stage")
         }
-        guard let timestamp = (object["stageTimestamp"] ?? object["requestReceivedTimestamp"]) as? String,
-              let time = AuditTime.normalize(timestamp)
-        else {
+        guard let timestamp = fields["stageTimestamp"] ?? fields["requestReceivedTimestamp"], let time = AuditTime.normalize(timestamp) else {
             throw TetherError(.invalidArgument, "audit event \(auditID) has no valid stageTimestamp")
         }
         self.raw = raw
         self.auditID = auditID
         self.stage = stage
         self.time = time
-        user = (object["user"] as? [String: Any])?["username"] as? String
-        impersonatedUser = (object["impersonatedUser"] as? [String: Any])?["username"] as? String
-        verb = object["verb"] as? String
-        let ref = object["objectRef"] as? [String: Any]
-        resource = ref?["resource"] as? String
-        namespace = ref?["namespace"] as? String
-        name = ref?["name"] as? String
-        code = (object["responseStatus"] as? [String: Any])?["code"] as? Int
+        user = fields["user"]
+        impersonatedUser = fields["impersonatedUser"]
+        verb = fields["verb"]
+        resource = fields["ref.resource"]
+        namespace = fields["ref.namespace"]
+        name = fields["ref.name"]
+        self.code = code
     }
 }
 
