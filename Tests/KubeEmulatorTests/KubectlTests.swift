@@ -8,7 +8,10 @@ import TestSupport
     static let kubectl = "/usr/bin/kubectl"
 
     static func run(_ kubeconfig: String, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        try runCommand(kubectl, ["--kubeconfig", kubeconfig] + arguments, environment: ["HOME": FileManager.default.temporaryDirectory.path])
+        let verbose = ProcessInfo.processInfo.environment["KUBECTL_TRACE"] != nil ? ["-v=6"] : []
+        let result = try runCommand(kubectl, ["--kubeconfig", kubeconfig] + verbose + arguments, environment: ["HOME": FileManager.default.temporaryDirectory.path])
+        if !verbose.isEmpty { print("kubectl \(arguments.joined(separator: " ")):\n\(result.stderr)") }
+        return result
     }
 
     static let manifests = """
@@ -72,7 +75,7 @@ import TestSupport
             #expect(policy?[path: ["metadata", "generation"]] == 1)
             #expect(policy?[path: ["spec", "failurePolicy"]] == "Fail")
 
-            let get = try Self.run(config, ["get", "clusterrole", "tether-reader", "-o", "json"])
+            let get = try Self.run(config, ["get", "clusterrole", "tether-reader", "-o", "json", "--show-managed-fields"])
             #expect(get.status == 0, "\(get.stderr)")
             let role = try JSON.parse(Data(get.stdout.utf8))
             let entries = role[path: ["metadata", "managedFields"]]?.arrayValue ?? []

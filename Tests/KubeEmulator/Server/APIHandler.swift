@@ -286,8 +286,8 @@ final class APIHandler: Sendable {
         let (stored, _) = try store.mutate(type, namespace, name) { current, _ throws(EmulatorError) in
             guard let current else { throw EmulatorError.notFound(type, name) }
             var next = try change(current)
-            Self.carryOver(from: current, to: &next, type)
             Admission.applyDefaults(type, &next)
+            Self.carryOver(from: current, to: &next, type)
             try Admission.validate(type, next, old: current)
             var old = current
             old[path: ["metadata", "managedFields"]] = nil
@@ -352,14 +352,15 @@ final class APIHandler: Sendable {
             next["kind"] = .string(type.kind)
             next[path: ["metadata", "name"]] = .string(name)
             if type.namespaced { next[path: ["metadata", "namespace"]] = .string(namespace) }
+            Admission.applyDefaults(type, &next)
             if let current {
                 Self.carryOver(from: current, to: &next, type)
                 next[path: ["metadata", "resourceVersion"]] = current[path: ["metadata", "resourceVersion"]]
             } else {
                 Self.initializeNew(&next, type)
+                Admission.applyDefaults(type, &next)
                 created = true
             }
-            Admission.applyDefaults(type, &next)
             try Admission.validate(type, next, old: current)
             next[path: ["metadata", "managedFields"]] = result.entries.isEmpty ? nil : .array(result.entries.map(\.json))
             return next
