@@ -1,0 +1,202 @@
+import Crypto
+import Foundation
+import Hummingbird
+import HummingbirdTLS
+import Logging
+import ServiceLifecycle
+import X509
+
+/// An in-memory Kubernetes API server for tests: HTTPS on 127.0.0.1 with a port the
+/// kernel picks, a throwaway CA, one accepted bearer token, and the REST semantics of
+/// kube-apiserver v1.36 for namespaces, service accounts, secrets, config maps, the
+/// four RBAC kinds and validating admission policies (and their bindings).
+///
+/// ```swift
+/// let kube = try await KubeEmulator.start()
+/// defer { Task { await kube.stop() } }
+/// try kube.writeKubeconfig(to: path)   // for kubectl
+/// ```
+public final class KubeEmulator: Sendable {
+    /// `https://127.0.0.1:<port>`.
+    public let url: URL
+    /// The PEM of the CA that signed the serving certificate.
+    public let caPEM: String
+    /// The bearer token the emulator accepts (any other gets 401).
+    public let token: String
+
+    let store: ObjectStore
+    private let handler: APIHandler
+    private let task: Task<Void, any Error>
+    private let group: ServiceGroup
+
+    private init(url: URL, caPEM: String, token: String, store: ObjectStore, handler: APIHandler, task: Task<Void, any Error>, group: ServiceGroup) {
+        self.url = url
+        self.caPEM = caPEM
+        self.token = token
+        self.store = store
+        self.handler = handler
+        self.task = task
+        self.group = group
+    }
+
+    /// Starts an emulator with the default namespaces (`default`, `kube-system`,
+    /// `kube-public`, `kube-node-lease`). `historyLimit` bounds the events kept for
+    /// watches; older resourceVersions get 410 Expired.
+    public static func start(historyLimit: Int = 1000, logger: Logger = Logger(label: "kube-emulator", factory: { _ in SwiftLogNoOpLogHandler() })) async throws -> KubeEmulator {
+        let pki = try ServingPKI()
+        let token = "emulator-" + UUID().uuidString.lowercased()
+        let store = ObjectStore(historyLimit: historyLimit)
+        let handler = APIHandler(store: store, discovery: try Fixtures.discovery(), openAPI: Fixtures.openAPI(), adminToken: token)
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            _ = handler.handle(APIRequest(method: "POST", path: "/api/v1/namespaces", query: [:], contentType: "application/json",
+                                          userAgent: "kube-apiserver/v1.36.2", authorization: "Bearer \(token)",
+                                          body: (["apiVersion": "v1", "kind": "Namespace", "metadata": ["name": .string(ns)]] as JSON).data()))
+        }
+
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: [.certificate(try NIOSSLCertificate(bytes: Array(pki.leafPEM.utf8), format: .pem))],
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(pki.keyPEM.utf8), format: .pem)))
+        tls.minimumTLSVersion = .tlsv12
+        let bound = AsyncStream<Int>.makeStream()
+        let app = Application(
+            responder: EmulatorResponder(handler: handler),
+            server: try .tls(tlsConfiguration: tls),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "kube-emulator"),
+            onServerRunning: { channel in
+                bound.continuation.yield(channel.localAddress?.port ?? 0)
+                bound.continuation.finish()
+            },
+            logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger))
+        let task = Task { try await group.run() }
+        var port = 0
+        for await p in bound.stream { port = p }
+        guard port != 0 else {
+            task.cancel()
+            _ = await task.result
+            throw EmulatorError(code: 500, reason: "InternalError", message: "the emulator could not bind 127.0.0.1")
+        }
+        return KubeEmulator(url: URL(string: "https://127.0.0.1:\(port)")!, caPEM: pki.caPEM, token: token, store: store, handler: handler, task: task, group: group)
+    }
+
+    /// Closes open watches and stops serving.
+    public func stop() async {
+        store.closeWatches()
+        await group.triggerGracefulShutdown()
+        _ = await task.result
+    }
+
+    /// Writes a kubeconfig (server, certificate-authority-data, token; namespace `default`)
+    /// that kubectl and client libraries can use.
+    public func writeKubeconfig(to path: String) throws {
+        let ca = Data(caPEM.utf8).base64EncodedString()
+        let text = """
+            apiVersion: v1
+            kind: Config
+            clusters:
+            - name: emulator
+              cluster:
+                server: \(url.absoluteString)
+                certificate-authority-data: \(ca)
+            users:
+            - name: emulator
+              user:
+                token: \(token)
+            contexts:
+            - name: emulator
+              context:
+                cluster: emulator
+                user: emulator
+                namespace: default
+            current-context: emulator
+
+            """
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    // MARK: direct access for tests
+
+    /// The stored object, as a GET would return it, or nil.
+    public func object(_ type: ResourceType, namespace: String? = nil, name: String) -> JSON? {
+        try? store.get(type, type.namespaced ? namespace ?? "default" : "", name)
+    }
+
+    /// Every stored object of a type (in one namespace, or all), sorted by namespace and name.
+    public func objects(_ type: ResourceType, namespace: String? = nil) -> [JSON] {
+        store.list(WatchFilter(type: type, namespace: namespace, labels: .everything, fields: .everything)).items
+    }
+
+    /// Creates or replaces an object directly, like a hand edit by `manager` (an Update in
+    /// managedFields): no resourceVersion check, but the same defaulting, validation,
+    /// resourceVersion bump and watch events as the API. Returns the stored object.
+    @discardableResult
+    public func put(_ object: JSON, manager: String = "kubectl-edit") throws -> JSON {
+        let type = try Self.type(of: object)
+        let namespace = type.namespaced ? object[path: ["metadata", "namespace"]]?.string ?? "default" : ""
+        let name = object[path: ["metadata", "name"]]?.string ?? ""
+        var body = object
+        body[path: ["metadata", "resourceVersion"]] = nil
+        let base = type.group.isEmpty ? "/api/\(type.version)" : "/apis/\(type.group)/\(type.version)"
+        let collection = base + (type.namespaced ? "/namespaces/\(namespace)" : "") + "/\(type.plural)"
+        let exists = self.object(type, namespace: namespace, name: name) != nil
+        let response = handler.handle(APIRequest(
+            method: exists ? "PUT" : "POST", path: exists ? "\(collection)/\(name)" : collection, query: ["fieldManager": manager],
+            contentType: "application/json", userAgent: manager, authorization: "Bearer \(token)", body: body.data()))
+        guard case .json(let code, let json) = response else { return .null }
+        if code >= 300 { throw EmulatorError(code: code, reason: json["reason"]?.string ?? "", message: json["message"]?.string ?? "", details: json["details"]) }
+        return json
+    }
+
+    /// Deletes an object directly (finalizers and namespace contents as the API does).
+    public func delete(_ type: ResourceType, namespace: String? = nil, name: String) throws {
+        _ = try store.delete(type, type.namespaced ? namespace ?? "default" : "", name, precondition: (nil, nil))
+    }
+
+    /// Forgets the watch history: a watch from any resourceVersion issued so far gets
+    /// the ERROR event with 410 Expired, as after an etcd compaction.
+    public func compactHistory() { store.compactHistory() }
+
+    /// How many watches are open (to wait until a client is listening).
+    public var openWatchCount: Int { store.state.withLock { $0.watchers.count } }
+
+    /// The latest resourceVersion issued.
+    public var resourceVersion: Int { store.state.withLock { $0.resourceVersion } }
+
+    private static func type(of object: JSON) throws -> ResourceType {
+        let apiVersion = object["apiVersion"]?.string ?? "", kind = object["kind"]?.string ?? ""
+        guard let type = ResourceType.all.first(where: { $0.apiVersion == apiVersion && $0.kind == kind }) else {
+            throw EmulatorError.badRequest("the emulator does not serve \(apiVersion) \(kind)")
+        }
+        return type
+    }
+}
+
+/// The fixture documents captured from a real API server, served as they are.
+enum Fixtures {
+    /// `<repo>/../shared/fixtures`, found from this file's path.
+    static var directory: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("shared/fixtures")
+    }
+
+    /// Discovery documents by URL path (`api_v1.json` serves `/api/v1`).
+    static func discovery() throws -> [String: Data] {
+        let dir = directory.appendingPathComponent("kube/discovery")
+        var result: [String: Data] = [:]
+        for file in try FileManager.default.contentsOfDirectory(atPath: dir.path) where file.hasSuffix(".json") {
+            let path = "/" + file.dropLast(5).replacingOccurrences(of: "_", with: "/")
+            result[path] = try Data(contentsOf: dir.appendingPathComponent(file))
+        }
+        return result
+    }
+
+    /// OpenAPI v3 documents by group-version path (`apis/rbac.authorization.k8s.io/v1`).
+    static func openAPI() -> [String: Data] {
+        let dir = directory.appendingPathComponent("openapi")
+        var result: [String: Data] = [:]
+        for file in (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? [] where file.hasSuffix(".json") {
+            result[file.dropLast(5).replacingOccurrences(of: "_", with: "/")] = try? Data(contentsOf: dir.appendingPathComponent(file))
+        }
+        return result
+    }
+}

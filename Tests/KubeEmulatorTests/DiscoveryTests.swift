@@ -1,0 +1,38 @@
+import Foundation
+import KubeEmulator
+import Testing
+
+@Suite struct DiscoveryTests {
+    @Test func servesTheCapturedDiscoveryDocuments() async throws {
+        let dir = FixtureFiles.kube.appendingPathComponent("discovery")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".json") }
+        #expect(files.count >= 7)
+        try await withEmulator { _, client in
+            for file in files {
+                let path = "/" + file.dropLast(5).replacingOccurrences(of: "_", with: "/")
+                let expected = try JSON.parse(Data(contentsOf: dir.appendingPathComponent(file)))
+                let got = try await client.json("GET", path)
+                #expect(got.code == 200, "\(path)")
+                #expect(got.json == expected, "\(path)")
+            }
+        }
+    }
+
+    @Test func rejectsAWrongToken() async throws {
+        try await withEmulator { _, client in
+            let (code, data) = try await client.send("GET", "/api/v1/namespaces", token: "wrong")
+            #expect(code == 401)
+            let status = try JSON.parse(data)
+            #expect(status["reason"] == "Unauthorized")
+            #expect(status["code"] == 401)
+        }
+    }
+
+    @Test func unknownPathIs404Status() async throws {
+        try await withEmulator { _, client in
+            let got = try await client.json("GET", "/apis/nosuch.example.com/v1/things")
+            #expect(got.code == 404)
+            #expect(got.json["message"] == "the server could not find the requested resource")
+        }
+    }
+}
