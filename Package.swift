@@ -67,6 +67,7 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "Shared",
+                "CZlib",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

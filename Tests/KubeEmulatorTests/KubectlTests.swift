@@ -7,9 +7,9 @@ import TestSupport
 @Suite(.serialized) struct KubectlTests {
     static let kubectl = "/usr/bin/kubectl"
 
-    static func run(_ kubeconfig: String, _ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    static func run(_ kubeconfig: String, _ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
         let verbose = ProcessInfo.processInfo.environment["KUBECTL_TRACE"] != nil ? ["-v=6"] : []
-        let result = try runCommand(kubectl, ["--kubeconfig", kubeconfig] + verbose + arguments, environment: ["HOME": FileManager.default.temporaryDirectory.path])
+        let result = try await runCommand(kubectl, ["--kubeconfig", kubeconfig] + verbose + arguments, environment: ["HOME": FileManager.default.temporaryDirectory.path])
         if !verbose.isEmpty { print("kubectl \(arguments.joined(separator: " ")):\n\(result.stderr)") }
         return result
     }
@@ -63,7 +63,7 @@ import TestSupport
             try emulator.writeKubeconfig(to: config)
             try Self.manifests.write(toFile: dir.sub("m.yaml"), atomically: true, encoding: .utf8)
 
-            let apply = try Self.run(config, ["apply", "--server-side", "-f", dir.sub("m.yaml")])
+            let apply = try await Self.run(config, ["apply", "--server-side", "-f", dir.sub("m.yaml")])
             #expect(apply.status == 0, "\(apply.stderr)")
             #expect(apply.stdout.contains("clusterrole.rbac.authorization.k8s.io/tether-reader serverside-applied"), "\(apply.stdout)")
             #expect(apply.stdout.contains("rolebinding.rbac.authorization.k8s.io/tether-reader serverside-applied"), "\(apply.stdout)")
@@ -75,7 +75,7 @@ import TestSupport
             #expect(policy?[path: ["metadata", "generation"]] == 1)
             #expect(policy?[path: ["spec", "failurePolicy"]] == "Fail")
 
-            let get = try Self.run(config, ["get", "clusterrole", "tether-reader", "-o", "json", "--show-managed-fields"])
+            let get = try await Self.run(config, ["get", "clusterrole", "tether-reader", "-o", "json", "--show-managed-fields"])
             #expect(get.status == 0, "\(get.stderr)")
             let role = try JSON.parse(Data(get.stdout.utf8))
             let entries = role[path: ["metadata", "managedFields"]]?.arrayValue ?? []
@@ -86,15 +86,15 @@ import TestSupport
 
             // Applying the same file again changes nothing.
             let rv = emulator.resourceVersion
-            #expect(try Self.run(config, ["apply", "--server-side", "-f", dir.sub("m.yaml")]).status == 0)
+            #expect(try await Self.run(config, ["apply", "--server-side", "-f", dir.sub("m.yaml")]).status == 0)
             #expect(emulator.resourceVersion == rv)
 
-            let delete = try Self.run(config, ["delete", "clusterrole", "tether-reader"])
+            let delete = try await Self.run(config, ["delete", "clusterrole", "tether-reader"])
             #expect(delete.status == 0, "\(delete.stderr)")
             #expect(delete.stdout.contains("clusterrole.rbac.authorization.k8s.io \"tether-reader\" deleted"), "\(delete.stdout)")
             #expect(emulator.object(.clusterRoles, name: "tether-reader") == nil)
 
-            let missing = try Self.run(config, ["get", "clusterrole", "tether-reader", "-o", "json"])
+            let missing = try await Self.run(config, ["get", "clusterrole", "tether-reader", "-o", "json"])
             #expect(missing.status != 0)
             #expect(missing.stderr.contains("clusterroles.rbac.authorization.k8s.io \"tether-reader\" not found"), "\(missing.stderr)")
         }
@@ -108,10 +108,10 @@ import TestSupport
             try emulator.writeKubeconfig(to: config)
             try emulator.put(["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "settings", "namespace": "default"], "data": ["mode": "hand"]])
             try "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: applied\n".write(toFile: dir.sub("cm.yaml"), atomically: true, encoding: .utf8)
-            let conflict = try Self.run(config, ["apply", "--server-side", "-f", dir.sub("cm.yaml")])
+            let conflict = try await Self.run(config, ["apply", "--server-side", "-f", dir.sub("cm.yaml")])
             #expect(conflict.status != 0)
             #expect(conflict.stderr.contains("conflict with \"kubectl-edit\" using v1: .data.mode"), "\(conflict.stderr)")
-            let forced = try Self.run(config, ["apply", "--server-side", "--force-conflicts", "-f", dir.sub("cm.yaml")])
+            let forced = try await Self.run(config, ["apply", "--server-side", "--force-conflicts", "-f", dir.sub("cm.yaml")])
             #expect(forced.status == 0, "\(forced.stderr)")
             #expect(emulator.object(.configMaps, namespace: "default", name: "settings")?[path: ["data", "mode"]] == "applied")
         }

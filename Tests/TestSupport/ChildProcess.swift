@@ -59,19 +59,36 @@ public final class ChildProcess: Sendable {
 }
 
 /// Runs a short command to completion: exit status, stdout and stderr apart.
-public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, stdout: String, stderr: String) {
+/// Waits without blocking a thread: Swift concurrency has one thread per core here,
+/// and a blocked one stalls every server other tests run in this process.
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     var env = ProcessInfo.processInfo.environment
     for (k, v) in environment { env[k] = v }
     process.environment = env
+    process.standardInput = FileHandle.nullDevice
     let out = Pipe(), err = Pipe()
     process.standardOutput = out
     process.standardError = err
+    let stdout = Locked(Data()), stderr = Locked(Data())
+    let outDone = AsyncValue<Void>(), errDone = AsyncValue<Void>(), exited = AsyncValue<Int32>()
+    for (pipe, buffer, done) in [(out, stdout, outDone), (err, stderr, errDone)] {
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            if data.isEmpty {
+                handle.readabilityHandler = nil
+                done.set(())
+            } else {
+                buffer.withLock { $0.append(data) }
+            }
+        }
+    }
+    process.terminationHandler = { exited.set($0.terminationStatus) }
     try process.run()
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, String(decoding: stdout, as: UTF8.self), String(decoding: stderr, as: UTF8.self))
+    let status = await exited.value
+    await outDone.value
+    await errDone.value
+    return (status, String(decoding: stdout.value, as: UTF8.self), String(decoding: stderr.value, as: UTF8.self))
 }

@@ -296,12 +296,12 @@ import Testing
         let hubBinary = try ChildProcess.binary("tether-hub")
         func verify() async throws -> (Int32, String) {
             let running = try await TestHub.start(dataDir: hub.dataDir)
-            let result = try runCommand(hubBinary, ["audit", "verify", "--credentials", hub.dataDir + "/admin-credentials.json"])
+            let result = try await runCommand(hubBinary, ["audit", "verify", "--credentials", hub.dataDir + "/admin-credentials.json"])
             try await running.stop()
             return (result.status, result.stdout + result.stderr)
         }
-        func sqlite(_ sql: String) throws {
-            let result = try runCommand("/usr/bin/sqlite3", [db, sql])
+        func sqlite(_ sql: String) async throws {
+            let result = try await runCommand("/usr/bin/sqlite3", [db, sql])
             #expect(result.status == 0, "\(result.stderr)")
         }
         let intact = try await verify()
@@ -309,7 +309,7 @@ import Testing
         #expect(intact.1.contains("chain intact"))
 
         // Altered: one event's user rewritten in batch 3.
-        try sqlite("UPDATE auditEvents SET event = replace(event, '\"admin\"', '\"someone-else\"') WHERE id = (SELECT MIN(id) FROM auditEvents WHERE batch = 3)")
+        try await sqlite("UPDATE auditEvents SET event = replace(event, '\"admin\"', '\"someone-else\"') WHERE id = (SELECT MIN(id) FROM auditEvents WHERE batch = 3)")
         let altered = try await verify()
         #expect(altered.0 != 0)
         #expect(altered.1.contains("batch 3"), "\(altered.1)")
@@ -323,12 +323,12 @@ import Testing
         try Self.ingestFixtures(into: hub.core)
         try await hub.stop()
         let db = hub.dataDir + "/hub.db"
-        func sqlite(_ sql: String) throws { _ = try runCommand("/usr/bin/sqlite3", [db, sql]) }
+        func sqlite(_ sql: String) async throws { _ = try await runCommand("/usr/bin/sqlite3", [db, sql]) }
         func problem() throws -> String? { try HubDatabase(path: db).verifyAuditChain().problem }
 
-        try sqlite("DELETE FROM auditEvents WHERE id = (SELECT MAX(id) FROM auditEvents WHERE batch = 5)")
+        try await sqlite("DELETE FROM auditEvents WHERE id = (SELECT MAX(id) FROM auditEvents WHERE batch = 5)")
         #expect(try problem()?.contains("batch 5") == true)
-        try sqlite("DELETE FROM auditEvents WHERE batch = 5; DELETE FROM auditBatches WHERE id = 5")
+        try await sqlite("DELETE FROM auditEvents WHERE batch = 5; DELETE FROM auditBatches WHERE id = 5")
         let gone = try problem()
         #expect(gone?.contains("batch 6") == true, "the batch after the deleted one no longer follows: \(gone ?? "nil")")
     }

@@ -40,7 +40,7 @@ final class AgentMetrics: Sendable {
     func exposition(spool: AuditSpool? = nil) -> String {
         if let spool {
             auditSpooledBytes.set(spool.sizeInBytes)
-            let oldest = (try? spool.oldestUnacknowledged()).flatMap { $0 }
+            let oldest = spool.oldestUnacknowledged()
             auditOldestUnacknowledgedAge.set(oldest.map { max(0, Date().timeIntervalSince($0)) } ?? 0)
         }
         var buffer: [UInt8] = []

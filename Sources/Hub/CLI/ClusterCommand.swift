@@ -7,7 +7,7 @@ struct ClusterCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cluster",
         abstract: "Register, list and remove clusters.",
-        subcommands: [Add.self, List.self, Remove.self])
+        subcommands: [Add.self, List.self, Label.self, Remove.self])
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -62,6 +62,26 @@ struct ClusterCommand: AsyncParsableCommand {
                          Table.date(c.lastSeen), c.agentVersion ?? "-", Table.date(c.certificateExpiry)]
                     }))
             }
+        }
+    }
+
+    struct Label: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Set (KEY=VALUE) or remove (KEY-) labels; bundles follow at once.")
+
+        @Argument(help: "Cluster name.") var name: String
+        @Argument(help: ArgumentHelp("KEY=VALUE to set, KEY- to remove.", valueName: "change")) var changes: [String]
+        @OptionGroup var admin: AdminOptions
+
+        func validate() throws {
+            guard !changes.isEmpty else { throw ValidationError("give at least one KEY=VALUE or KEY-") }
+        }
+
+        func run() async throws {
+            let view: ClusterView = try await admin.client().call(
+                .PATCH, "/v1/clusters/\(try ClusterName(name))/labels", body: AdminServer.LabelRequest(changes: changes))
+            let labels = view.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            print("cluster \(view.name) labeled: \(labels.isEmpty ? "(no labels)" : labels)")
         }
     }
 

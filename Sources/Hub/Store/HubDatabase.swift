@@ -19,6 +19,15 @@ final class HubDatabase: Sendable {
         var config = Configuration()
         config.foreignKeysEnabled = true
         config.busyMode = .timeout(5)
+        config.prepareDatabase { db in
+            // The audit log's indexes outgrow SQLite's 2 MiB default page cache fast;
+            // without a larger cache and memory-mapped reads every insert re-reads
+            // index pages through the kernel. Durability is unchanged (WAL, fsync on commit).
+            try db.execute(sql: "PRAGMA cache_size = -65536")
+            try db.execute(sql: "PRAGMA mmap_size = 1073741824")
+            // Checkpoint less often: index pages touched by many batches are copied once.
+            try db.execute(sql: "PRAGMA wal_autocheckpoint = 16384")
+        }
         let pool: DatabasePool
         do {
             pool = try DatabasePool(path: path, configuration: config)
