@@ -15,6 +15,9 @@ extension HubDatabase {
                 t.column("firstSequence", .integer).notNull()
                 t.column("lastSequence", .integer).notNull()
                 t.column("eventCount", .integer).notNull()
+                // The batch's events are the contiguous row ids inserted in its transaction.
+                t.column("firstEventID", .integer).notNull().defaults(to: 0)
+                t.column("lastEventID", .integer).notNull().defaults(to: -1)
                 t.column("receivedAt", .datetime).notNull().indexed()
                 t.column("previousHash", .blob).notNull()
                 t.column("hash", .blob).notNull()
@@ -23,7 +26,7 @@ extension HubDatabase {
                 t.primaryKey("id", .integer)
                 t.column("cluster", .text).notNull()
                 t.column("sequence", .integer).notNull()
-                t.column("batch", .integer).notNull().indexed()
+                t.column("batch", .integer).notNull()
                 t.column("auditID", .text).notNull()
                 t.column("stage", .text).notNull()
                 t.column("time", .text).notNull().indexed()
@@ -91,6 +94,7 @@ extension HubDatabase {
                 """)
             var hasher = AuditChain.start(previous: previous, batch: batch, cluster: cluster)
             var stored = 0
+            var firstID: Int64?
             for (i, event) in events.enumerated() {
                 let sequence = firstSequence + UInt64(i)
                 guard sequence > acked else { continue }
@@ -99,6 +103,7 @@ extension HubDatabase {
                     event.verb, event.resource, event.namespace, event.name, event.code, event.raw,
                 ])
                 if db.changesCount > 0 {
+                    if firstID == nil { firstID = db.lastInsertedRowID }
                     AuditChain.add(sequence: sequence, event: event.raw, to: &hasher)
                     stored += 1
                 }
@@ -106,8 +111,8 @@ extension HubDatabase {
             if stored == 0 {
                 try db.execute(sql: "DELETE FROM auditBatches WHERE id = ?", arguments: [batch])
             } else {
-                try db.execute(sql: "UPDATE auditBatches SET eventCount = ?, hash = ? WHERE id = ?",
-                               arguments: [stored, Data(hasher.finalize()), batch])
+                try db.execute(sql: "UPDATE auditBatches SET eventCount = ?, hash = ?, firstEventID = ?, lastEventID = ? WHERE id = ?",
+                               arguments: [stored, Data(hasher.finalize()), firstID!, db.lastInsertedRowID, batch])
             }
             try db.execute(sql: """
                 INSERT INTO auditCursors (cluster, acknowledged) VALUES (?, ?)
@@ -165,7 +170,7 @@ extension HubDatabase {
             var previous = (try Data.fetchOne(db, sql: "SELECT hash FROM auditChainAnchor WHERE id = 1")) ?? Data(count: 32)
             var checked = 0
             var events = 0
-            let batches = try Row.fetchCursor(db, sql: "SELECT id, cluster, firstSequence, lastSequence, eventCount, previousHash, hash FROM auditBatches ORDER BY id")
+            let batches = try Row.fetchCursor(db, sql: "SELECT id, cluster, firstSequence, lastSequence, eventCount, firstEventID, lastEventID, previousHash, hash FROM auditBatches ORDER BY id")
             while let batch = try batches.next() {
                 let id: Int64 = batch["id"]
                 let cluster: String = batch["cluster"]
@@ -176,7 +181,8 @@ extension HubDatabase {
                 }
                 var hasher = AuditChain.start(previous: previous, batch: id, cluster: cluster)
                 var count = 0
-                let rows = try Row.fetchCursor(db, sql: "SELECT sequence, event FROM auditEvents WHERE batch = ? ORDER BY id", arguments: [id])
+                let rows = try Row.fetchCursor(db, sql: "SELECT sequence, event FROM auditEvents WHERE id BETWEEN ? AND ? ORDER BY id",
+                                               arguments: [batch["firstEventID"] as Int64, batch["lastEventID"] as Int64])
                 while let row = try rows.next() {
                     AuditChain.add(sequence: UInt64(row["sequence"] as Int64), event: row["event"], to: &hasher)
                     count += 1
@@ -199,12 +205,13 @@ extension HubDatabase {
     func pruneAudit(before cutoff: Date) throws -> Int {
         try writer.write { db in
             guard let last = try Row.fetchOne(db, sql: """
-                SELECT id, hash FROM auditBatches WHERE id < COALESCE((SELECT MIN(id) FROM auditBatches WHERE receivedAt >= ?), 1 << 62)
+                SELECT id, hash, lastEventID FROM auditBatches WHERE id < COALESCE((SELECT MIN(id) FROM auditBatches WHERE receivedAt >= ?), 1 << 62)
                 ORDER BY id DESC LIMIT 1
                 """, arguments: [cutoff]) else { return 0 }
             let id: Int64 = last["id"]
-            let deleted = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM auditEvents WHERE batch <= ?", arguments: [id]) ?? 0
-            try db.execute(sql: "DELETE FROM auditEvents WHERE batch <= ?", arguments: [id])
+            let lastEvent: Int64 = last["lastEventID"]
+            let deleted = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM auditEvents WHERE id <= ?", arguments: [lastEvent]) ?? 0
+            try db.execute(sql: "DELETE FROM auditEvents WHERE id <= ?", arguments: [lastEvent])
             try db.execute(sql: "DELETE FROM auditBatches WHERE id <= ?", arguments: [id])
             try db.execute(sql: """
                 INSERT INTO auditChainAnchor (id, batch, hash) VALUES (1, ?, ?)
