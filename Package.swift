@@ -68,6 +68,7 @@ let package = Package(
             dependencies: [
                 "Shared",
                 "CZlib",
+                .product(name: "Yams", package: "Yams"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -124,7 +125,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TetherTests",
-            dependencies: ["Shared", "Hub", "Agent", "TestSupport"],
+            dependencies: ["Shared", "Hub", "Agent", "TestSupport", "KubeEmulator"],
             path: "Tests/TetherTests"
         ),
     ]

@@ -51,6 +51,12 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Follow this API server audit log file (JSON lines) through rotation; its position is kept in the state dir.", valueName: "path"))
     var auditLogFile: String?
 
+    @Option(help: ArgumentHelp("Kubeconfig for running outside a cluster (in a pod the service account is used).", valueName: "path"))
+    var kubeconfig: String?
+
+    @Option(help: ArgumentHelp("Context in --kubeconfig (default: its current-context).", valueName: "name"))
+    var context: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -66,6 +72,8 @@ struct RunCommand: AsyncParsableCommand {
         if healthListen != "none" { _ = try HostPort(parsing: healthListen) }
         if auditListen != "none" { _ = try HostPort(parsing: auditListen) }
         _ = try ByteSize.parse(auditSpoolMax)
+        if let kubeconfig { _ = try KubeConnection.kubeconfig(path: kubeconfig, context: context) }
+        guard context == nil || kubeconfig != nil else { throw ValidationError("--context needs --kubeconfig") }
         guard (auditTlsCert == nil) == (auditTlsKey == nil) else {
             throw ValidationError("--audit-tls-cert and --audit-tls-key go together")
         }
@@ -87,6 +95,11 @@ struct RunCommand: AsyncParsableCommand {
         config.auditTLSCertFile = auditTlsCert
         config.auditTLSKeyFile = auditTlsKey
         config.auditLogFile = auditLogFile
+        if let kubeconfig {
+            config.kubernetes = try KubeConnection.kubeconfig(path: kubeconfig, context: context)
+        } else {
+            config.kubernetes = KubeConnection.inCluster()
+        }
         let runtime = try AgentRuntime(configuration: config, logger: logger, signals: [.sigterm, .sigint])
         try await runtime.run()
     }

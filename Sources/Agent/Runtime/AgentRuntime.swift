@@ -20,6 +20,8 @@ struct AgentConfiguration: Sendable {
     var auditTLSKeyFile: String?
     /// An API server audit log to follow instead of (or besides) the webhook.
     var auditLogFile: String?
+    /// The cluster's API server; nil: policy is reported as failed, not applied.
+    var kubernetes: KubeConnection?
     var auditNames = AuditEndpoint.defaultNames(namespace: ProcessInfo.processInfo.environment["POD_NAMESPACE"])
 }
 
@@ -33,13 +35,25 @@ final class AgentRuntime: Sendable {
     let auditAddress = AsyncValue<SocketAddress>()
     let healthAddress = AsyncValue<SocketAddress>()
     let group: ServiceGroup
+    let kubeClient: KubeClient?
 
     init(configuration c: AgentConfiguration, logger: Logger, signals: [UnixSignal] = []) throws {
         let metrics = AgentMetrics()
         let spool = try AuditSpool(directory: c.stateDirectory + "/audit-spool", limit: c.auditSpoolMax)
+        let applier: any DesiredStateApplier
+        if let connection = c.kubernetes {
+            let client = try KubeClient(connection: connection)
+            kubeClient = client
+            applier = KubernetesApplier(client: client, logger: logger)
+            logger.notice("applying policy to the Kubernetes API", metadata: ["server": "\(connection.server)"])
+        } else {
+            kubeClient = nil
+            applier = NoKubernetesApplier()
+            logger.warning("no Kubernetes API configured (not in a pod, no --kubeconfig): policy bundles will be reported as failed; the hub channel and audit keep running")
+        }
         let link = HubLink(
             store: FileIdentityStore(directory: c.stateDirectory), joinString: c.joinString, logger: logger, metrics: metrics,
-            participants: [AuditForwarder(spool: spool, metrics: metrics, logger: logger)])
+            participants: [AuditForwarder(spool: spool, metrics: metrics, logger: logger)], applier: applier)
         self.metrics = metrics
         self.spool = spool
         self.link = link
@@ -75,6 +89,14 @@ final class AgentRuntime: Sendable {
         group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: signals, cancellationSignals: [], logger: logger))
     }
 
-    func run() async throws { try await group.run() }
+    func run() async throws {
+        do {
+            try await group.run()
+        } catch {
+            try? await kubeClient?.shutdown()
+            throw error
+        }
+        try? await kubeClient?.shutdown()
+    }
     func shutdown() async { await group.triggerGracefulShutdown() }
 }

@@ -1,0 +1,101 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import Shared
+
+/// An error the API server answered with, decoded from its `Status` body.
+struct KubeAPIError: Error, CustomStringConvertible, Equatable {
+    var code: Int
+    /// NotFound, AlreadyExists, Conflict, Invalid, Forbidden, Expired, ...
+    var reason: String
+    var message: String
+    var description: String { "\(code) \(reason): \(message)" }
+}
+
+/// A small Kubernetes API client on AsyncHTTPClient: get, list, server-side apply and
+/// delete, with API errors as `KubeAPIError`.
+final class KubeClient: Sendable {
+    let connection: KubeConnection
+    private let http: HTTPClient
+
+    init(connection: KubeConnection) throws {
+        self.connection = connection
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        if let ca = connection.caPEM {
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(ca.utf8)))
+        }
+        if let cert = connection.clientCertificatePEM, let key = connection.clientKeyPEM {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMBytes(Array(cert.utf8)).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(key.utf8), format: .pem))
+        }
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+    }
+
+    func shutdown() async throws { try await http.shutdown() }
+
+    /// The object, or nil when the API server says 404.
+    func get(_ resource: KubeResource, namespace: String? = nil, name: String) async throws -> [String: Any]? {
+        do {
+            return try await json(.GET, resource.path(namespace: namespace, name: name))
+        } catch let error as KubeAPIError where error.code == 404 {
+            return nil
+        }
+    }
+
+    /// Objects of a kind, optionally filtered by a label selector, and the list's resourceVersion.
+    func list(_ resource: KubeResource, namespace: String? = nil, labelSelector: String? = nil) async throws -> (items: [[String: Any]], resourceVersion: String) {
+        var path = resource.path(namespace: namespace)
+        if let labelSelector { path += "?labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? labelSelector) }
+        let list = try await json(.GET, path)
+        let rv = (list["metadata"] as? [String: Any])?["resourceVersion"] as? String ?? ""
+        return (list["items"] as? [[String: Any]] ?? [], rv)
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`; JSON is YAML) as `fieldManager`.
+    func apply(_ object: Data, resource: KubeResource, namespace: String?, name: String, fieldManager: String = "tether", force: Bool = true) async throws -> [String: Any] {
+        let path = resource.path(namespace: namespace, name: name) + "?fieldManager=\(fieldManager)" + (force ? "&force=true" : "")
+        return try await json(.PATCH, path, body: object, contentType: "application/apply-patch+yaml")
+    }
+
+    /// Deletes the object; true if it existed.
+    @discardableResult
+    func delete(_ resource: KubeResource, namespace: String? = nil, name: String) async throws -> Bool {
+        do {
+            _ = try await json(.DELETE, resource.path(namespace: namespace, name: name))
+            return true
+        } catch let error as KubeAPIError where error.code == 404 {
+            return false
+        }
+    }
+
+    func json(_ method: HTTPMethod, _ path: String, body: Data? = nil, contentType: String = "application/json") async throws -> [String: Any] {
+        var request = HTTPClientRequest(url: connection.server + path)
+        request.method = method
+        request.headers.add(name: "Accept", value: "application/json")
+        request.headers.add(name: "User-Agent", value: "tether-agent/\(TetherVersion.current)")
+        if let token = try connection.token?.read() { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        if let body {
+            request.headers.add(name: "Content-Type", value: contentType)
+            request.body = .bytes(ByteBuffer(bytes: body))
+        }
+        let response: HTTPClientResponse
+        do {
+            response = try await http.execute(request, timeout: .seconds(30))
+        } catch {
+            throw TetherError(.unavailable, "cannot reach the Kubernetes API at \(connection.server): \(error)")
+        }
+        let data = Data(buffer: try await response.body.collect(upTo: 64 << 20))
+        let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
+        guard (200..<300).contains(response.status.code) else {
+            if object["kind"] as? String == "Status" {
+                throw KubeAPIError(code: object["code"] as? Int ?? Int(response.status.code), reason: object["reason"] as? String ?? "Unknown",
+                                   message: object["message"] as? String ?? "")
+            }
+            throw KubeAPIError(code: Int(response.status.code), reason: "Unknown", message: String(decoding: data.prefix(512), as: UTF8.self))
+        }
+        return object
+    }
+}

@@ -1,0 +1,39 @@
+/// The Kubernetes kinds the agent reads and writes, with where they live in the API.
+struct KubeResource: Hashable, Sendable {
+    var kind: String
+    var group: String
+    var version: String
+    var plural: String
+    var namespaced: Bool
+
+    var apiVersion: String { group.isEmpty ? version : "\(group)/\(version)" }
+
+    /// `/api/v1/...` or `/apis/<group>/<version>/...` for a collection or one object.
+    func path(namespace: String? = nil, name: String? = nil) -> String {
+        var path = group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)"
+        if namespaced, let namespace { path += "/namespaces/\(namespace)" }
+        path += "/\(plural)"
+        if let name { path += "/\(name)" }
+        return path
+    }
+
+    static let namespace = KubeResource(kind: "Namespace", group: "", version: "v1", plural: "namespaces", namespaced: false)
+    static let secret = KubeResource(kind: "Secret", group: "", version: "v1", plural: "secrets", namespaced: true)
+    static let clusterRole = KubeResource(kind: "ClusterRole", group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterroles", namespaced: false)
+    static let role = KubeResource(kind: "Role", group: "rbac.authorization.k8s.io", version: "v1", plural: "roles", namespaced: true)
+    static let clusterRoleBinding = KubeResource(kind: "ClusterRoleBinding", group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterrolebindings", namespaced: false)
+    static let roleBinding = KubeResource(kind: "RoleBinding", group: "rbac.authorization.k8s.io", version: "v1", plural: "rolebindings", namespaced: true)
+    static let validatingAdmissionPolicy = KubeResource(
+        kind: "ValidatingAdmissionPolicy", group: "admissionregistration.k8s.io", version: "v1", plural: "validatingadmissionpolicies", namespaced: false)
+    static let validatingAdmissionPolicyBinding = KubeResource(
+        kind: "ValidatingAdmissionPolicyBinding", group: "admissionregistration.k8s.io", version: "v1", plural: "validatingadmissionpolicybindings", namespaced: false)
+
+    /// What policy bundles may carry, in apply order.
+    static let managed: [KubeResource] = [
+        .namespace, .clusterRole, .role, .clusterRoleBinding, .roleBinding, .validatingAdmissionPolicy, .validatingAdmissionPolicyBinding,
+    ]
+
+    static func forKind(_ kind: String) -> KubeResource? {
+        (managed + [.secret]).first { $0.kind == kind }
+    }
+}

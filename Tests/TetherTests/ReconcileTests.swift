@@ -1,0 +1,117 @@
+import Foundation
+import KubeEmulator
+import Shared
+import TestSupport
+import Testing
+@testable import Agent
+@testable import Hub
+
+/// The agent's Kubernetes client and reconciler against the Kubernetes API emulator.
+@Suite struct ReconcileTests {
+    static func spec(_ bundle: String, _ object: [String: Any]) throws -> DesiredObjectSpec {
+        var object = object
+        var metadata = object["metadata"] as? [String: Any] ?? [:]
+        metadata["labels"] = ["app.kubernetes.io/managed-by": "tether"]
+        metadata["annotations"] = ["tether.dev/bundle": bundle]
+        object["metadata"] = metadata
+        return DesiredObjectSpec(bundle: bundle, json: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
+    }
+
+    static var namespace: [String: Any] { ["apiVersion": "v1", "kind": "Namespace", "metadata": ["name": "team-a"]] }
+    static var role: [String: Any] {
+        [
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": ["name": "view-pods"],
+            "rules": [["apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]]],
+        ]
+    }
+    static var binding: [String: Any] {
+        [
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": ["name": "devs", "namespace": "team-a"],
+            "roleRef": ["apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view-pods"],
+            "subjects": [["kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io"]],
+        ]
+    }
+
+    func withEmulator(_ body: (KubeEmulator, KubeClient, TemporaryDirectory) async throws -> Void) async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let emulator = try await KubeEmulator.start()
+        try emulator.writeKubeconfig(to: dir.sub("kubeconfig"))
+        let client = try KubeClient(connection: try KubeConnection.kubeconfig(path: dir.sub("kubeconfig")))
+        do {
+            try await body(emulator, client, dir)
+        } catch {
+            try? await client.shutdown()
+            await emulator.stop()
+            throw error
+        }
+        try await client.shutdown()
+        await emulator.stop()
+    }
+
+    @Test func clientReadsKubeconfigAndDecodesStatusErrors() async throws {
+        try await withEmulator { emulator, client, _ in
+            #expect(try await client.get(.clusterRole, name: "absent") == nil)
+            let created = try await client.apply(try Self.spec("b", Self.role).json, resource: .clusterRole, namespace: nil, name: "view-pods")
+            #expect((created["metadata"] as? [String: Any])?["name"] as? String == "view-pods")
+            let managers = emulator.object(.clusterRoles, name: "view-pods")?[path: ["metadata", "managedFields"]]?.arrayValue?.compactMap { $0["manager"]?.string }
+            #expect(managers == ["tether"])
+            // A create in a namespace that does not exist: the API's 404 Status, typed.
+            let error = await #expect(throws: KubeAPIError.self) {
+                _ = try await client.apply(try Self.spec("b", Self.binding).json, resource: .roleBinding, namespace: "team-a", name: "devs")
+            }
+            #expect(error?.code == 404 && error?.reason == "NotFound")
+            #expect(try await client.delete(.clusterRole, name: "view-pods"))
+            #expect(try await !client.delete(.clusterRole, name: "view-pods"))
+        }
+    }
+
+    @Test func appliesInOrderPrunesWhatItOwnsAndLeavesOthersAlone() async throws {
+        try await withEmulator { emulator, client, _ in
+            let applier = KubernetesApplier(client: client, logger: testLogger)
+            // Someone else's ClusterRole with a name a bundle also wants.
+            _ = try emulator.put(try JSON.parse(JSONSerialization.data(withJSONObject: [
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": ["name": "admin-ish"], "rules": [] as [Any],
+            ])))
+            let foreign: [String: Any] = ["apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": ["name": "admin-ish"], "rules": [] as [Any]]
+
+            let first = await applier.apply(revision: 1, objects: [
+                try Self.spec("b", Self.namespace), try Self.spec("b", Self.role), try Self.spec("b", Self.binding), try Self.spec("b", foreign),
+            ])
+            #expect(first.filter { $0.state == .applied }.map(\.object) == ["Namespace/team-a", "ClusterRole/view-pods", "RoleBinding/team-a/devs"])
+            let refused = try #require(first.first { $0.object == "ClusterRole/admin-ish" })
+            #expect(refused.state == .failed && refused.message?.contains("not managed by Tether") == true)
+            #expect(emulator.object(.clusterRoles, name: "admin-ish")?[path: ["metadata", "labels"]] == nil, "untouched")
+            #expect(emulator.object(.roleBindings, namespace: "team-a", name: "devs")?[path: ["metadata", "annotations", "tether.dev/bundle"]]?.string == "b")
+
+            // Revision 2 no longer wants the binding and the role: both pruned, the foreign role stays.
+            let second = await applier.apply(revision: 2, objects: [try Self.spec("b", Self.namespace)])
+            #expect(Set(second.filter { $0.state == .pruned }.map(\.object)) == ["ClusterRole/view-pods", "RoleBinding/team-a/devs"])
+            #expect(emulator.object(.clusterRoles, name: "view-pods") == nil)
+            #expect(emulator.object(.clusterRoles, name: "admin-ish") != nil)
+            #expect(emulator.object(.namespaces, name: "team-a") != nil)
+        }
+    }
+
+    @Test func aBundleReachesTheClusterThroughHubAndAgent() async throws {
+        try await withEmulator { emulator, _, dir in
+            let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+            _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+            var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try hub.join("prod-eu"))
+            config.healthListen = nil
+            config.auditListen = nil
+            config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("kubeconfig"))
+            let runtime = try AgentRuntime(configuration: config, logger: testLogger)
+            let task = Task { try await runtime.run() }
+            let yaml = PolicyDistributionTests.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["view-pods"])
+            _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "b.yaml"))
+            try await eventually("in sync") { try hub.core.policyStatus(bundle: "readonly").first?.state == "in-sync" }
+            #expect(emulator.object(.clusterRoles, name: "view-pods")?[path: ["metadata", "labels", "app.kubernetes.io/managed-by"]]?.string == "tether")
+            _ = try hub.core.deleteBundle("readonly")
+            try await eventually("pruned") { emulator.object(.clusterRoles, name: "view-pods") == nil }
+            await runtime.shutdown()
+            try await task.value
+            try await hub.stop()
+        }
+    }
+}
