@@ -68,7 +68,7 @@ import Testing
 
     @Test func appliesInOrderPrunesWhatItOwnsAndLeavesOthersAlone() async throws {
         try await withEmulator { emulator, client, _ in
-            let applier = KubernetesApplier(client: client, logger: testLogger)
+            let applier = KubernetesApplier(client: client, logger: testLogger, state: ReconcileState())
             // Someone else's ClusterRole with a name a bundle also wants.
             _ = try emulator.put(try JSON.parse(JSONSerialization.data(withJSONObject: [
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": ["name": "admin-ish"], "rules": [] as [Any],
@@ -107,6 +107,21 @@ import Testing
             _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "b.yaml"))
             try await eventually("in sync") { try hub.core.policyStatus(bundle: "readonly").first?.state == "in-sync" }
             #expect(emulator.object(.clusterRoles, name: "view-pods")?[path: ["metadata", "labels", "app.kubernetes.io/managed-by"]]?.string == "tether")
+
+            // A hand edit (as `kubectl edit` would make) is put back and reported.
+            var edited = try #require(emulator.object(.clusterRoles, name: "view-pods")).objectValue!
+            edited["rules"] = .array([["apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]]])
+            _ = try emulator.put(.object(edited))
+            try await eventually("edit reverted") {
+                emulator.object(.clusterRoles, name: "view-pods")?[path: ["rules"]]?.arrayValue?.first?["resources"]?.arrayValue?.first?.string == "pods"
+            }
+            try await eventually("drift reported") { try hub.core.policyStatus(bundle: "readonly").first?.state == "drifted" }
+            #expect(try hub.core.policyStatus(bundle: "readonly").first?.message?.contains("ClusterRole/view-pods") == true)
+
+            // A hand delete is re-created.
+            try emulator.delete(.clusterRoles, name: "view-pods")
+            try await eventually("re-created") { emulator.object(.clusterRoles, name: "view-pods") != nil }
+
             _ = try hub.core.deleteBundle("readonly")
             try await eventually("pruned") { emulator.object(.clusterRoles, name: "view-pods") == nil }
             await runtime.shutdown()

@@ -190,6 +190,9 @@ final class HubLink: Service, Sendable {
                         "heartbeat": "\(DurationParser.format(interval))"])
                     group.addTask { try await self.sendHeartbeats(every: interval, outbox: outbox) }
                     group.addTask { try await self.applyDesiredStates(desiredStates, outbox: outbox) }
+                    if let drift = applier.driftReports {
+                        group.addTask { await self.forwardDrift(drift, outbox: outbox) }
+                    }
                     for participant in participants {
                         group.addTask { try await participant.run(over: client) }
                     }
@@ -219,6 +222,26 @@ final class HubLink: Service, Sendable {
             outbox.yield(.with {
                 $0.report = .with { report in
                     report.revision = desired.revision
+                    report.results = results.map { r in
+                        .with {
+                            $0.bundle = r.bundle
+                            $0.object = r.object
+                            $0.state = r.state.rawValue
+                            $0.message = r.message ?? ""
+                        }
+                    }
+                }
+            })
+        }
+    }
+
+    /// Reports drift repairs with the revision they belong to.
+    private func forwardDrift(_ reports: AsyncStream<[AppliedResult]>, outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation) async {
+        for await results in reports {
+            let revision = status.value.observedRevision
+            outbox.yield(.with {
+                $0.report = .with { report in
+                    report.revision = revision
                     report.results = results.map { r in
                         .with {
                             $0.bundle = r.bundle

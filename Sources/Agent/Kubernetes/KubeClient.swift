@@ -19,6 +19,8 @@ struct KubeAPIError: Error, CustomStringConvertible, Equatable {
 final class KubeClient: Sendable {
     let connection: KubeConnection
     private let http: HTTPClient
+    /// Watches hold a connection open for minutes; they get their own client.
+    let streamingClient: HTTPClient
 
     init(connection: KubeConnection) throws {
         self.connection = connection
@@ -32,9 +34,13 @@ final class KubeClient: Sendable {
             tls.privateKey = .privateKey(try NIOSSLPrivateKey(bytes: Array(key.utf8), format: .pem))
         }
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        streamingClient = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
     }
 
-    func shutdown() async throws { try await http.shutdown() }
+    func shutdown() async throws {
+        try await http.shutdown()
+        try await streamingClient.shutdown()
+    }
 
     /// The object, or nil when the API server says 404.
     func get(_ resource: KubeResource, namespace: String? = nil, name: String) async throws -> [String: Any]? {
@@ -97,5 +103,48 @@ final class KubeClient: Sendable {
             throw KubeAPIError(code: Int(response.status.code), reason: "Unknown", message: String(decoding: data.prefix(512), as: UTF8.self))
         }
         return object
+    }
+}
+
+/// One event of a watch stream.
+struct WatchEvent: @unchecked Sendable {
+    var type: String
+    var object: [String: Any]
+}
+
+extension KubeClient {
+    /// Watches a kind from `resourceVersion`, calling `onEvent` for each event until
+    /// the server ends the stream. An `ERROR` event (410 Expired for a too old
+    /// resourceVersion) is thrown as `KubeAPIError`, so the caller relists.
+    func watch(_ resource: KubeResource, resourceVersion: String, labelSelector: String? = nil, timeoutSeconds: Int = 300,
+               onEvent: (WatchEvent) async throws -> Void) async throws {
+        var path = resource.path() + "?watch=true&allowWatchBookmarks=false&timeoutSeconds=\(timeoutSeconds)&resourceVersion=\(resourceVersion)"
+        if let labelSelector { path += "&labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? labelSelector) }
+        var request = HTTPClientRequest(url: connection.server + path)
+        request.headers.add(name: "Accept", value: "application/json")
+        if let token = try connection.token?.read() { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        let response = try await streamingClient.execute(request, timeout: .seconds(Int64(timeoutSeconds + 30)))
+        guard response.status.code == 200 else {
+            let data = Data(buffer: try await response.body.collect(upTo: 1 << 20))
+            let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
+            throw KubeAPIError(code: object["code"] as? Int ?? Int(response.status.code), reason: object["reason"] as? String ?? "Unknown",
+                               message: object["message"] as? String ?? "")
+        }
+        var pending = Data()
+        for try await chunk in response.body {
+            pending.append(contentsOf: chunk.readableBytesView)
+            while let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = pending[pending.startIndex..<newline]
+                pending = Data(pending[(newline + 1)...])
+                guard !line.isEmpty, let event = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any],
+                      let type = event["type"] as? String, let object = event["object"] as? [String: Any]
+                else { continue }
+                if type == "ERROR" {
+                    throw KubeAPIError(code: object["code"] as? Int ?? 500, reason: object["reason"] as? String ?? "Unknown",
+                                       message: object["message"] as? String ?? "")
+                }
+                try await onEvent(WatchEvent(type: type, object: object))
+            }
+        }
     }
 }

@@ -32,6 +32,12 @@ struct AppliedResult: Sendable, Equatable {
 /// Makes the cluster match a desired state and says, object by object, what it did.
 protocol DesiredStateApplier: Sendable {
     func apply(revision: UInt64, objects: [DesiredObjectSpec]) async -> [AppliedResult]
+    /// Repairs made between revisions (drift), to report to the hub.
+    var driftReports: AsyncStream<[AppliedResult]>? { get }
+}
+
+extension DesiredStateApplier {
+    var driftReports: AsyncStream<[AppliedResult]>? { nil }
 }
 
 /// For an agent with no Kubernetes API configured (neither in-cluster nor

@@ -12,8 +12,13 @@ struct KubernetesApplier: DesiredStateApplier {
 
     let client: KubeClient
     let logger: Logger
+    let state: ReconcileState
+
+    var driftReports: AsyncStream<[AppliedResult]>? { state.driftReports }
 
     func apply(revision: UInt64, objects: [DesiredObjectSpec]) async -> [AppliedResult] {
+        // The drift watcher repairs against this from now on (and ignores what is pruned below).
+        state.desired.value = Dictionary(objects.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
         var results: [AppliedResult] = []
         var desired = Set<String>()
         for object in objects {

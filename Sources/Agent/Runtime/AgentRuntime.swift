@@ -41,13 +41,17 @@ final class AgentRuntime: Sendable {
         let metrics = AgentMetrics()
         let spool = try AuditSpool(directory: c.stateDirectory + "/audit-spool", limit: c.auditSpoolMax)
         let applier: any DesiredStateApplier
+        let driftWatcher: DriftWatcher?
         if let connection = c.kubernetes {
             let client = try KubeClient(connection: connection)
             kubeClient = client
-            applier = KubernetesApplier(client: client, logger: logger)
+            let state = ReconcileState()
+            applier = KubernetesApplier(client: client, logger: logger, state: state)
+            driftWatcher = DriftWatcher(client: client, state: state, logger: logger)
             logger.notice("applying policy to the Kubernetes API", metadata: ["server": "\(connection.server)"])
         } else {
             kubeClient = nil
+            driftWatcher = nil
             applier = NoKubernetesApplier()
             logger.warning("no Kubernetes API configured (not in a pod, no --kubeconfig): policy bundles will be reported as failed; the hub channel and audit keep running")
         }
@@ -81,6 +85,9 @@ final class AgentRuntime: Sendable {
                 logger: logger)))
         } else {
             endpoint = nil
+        }
+        if let driftWatcher {
+            services.append(.init(service: driftWatcher))
         }
         if let file = c.auditLogFile {
             services.append(.init(service: AuditLogFollower(path: file, spool: spool, stateDir: c.stateDirectory, metrics: metrics, logger: logger)))

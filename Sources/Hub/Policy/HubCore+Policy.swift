@@ -59,7 +59,7 @@ extension HubCore {
                 state = "pending"
             } else if let first = drifted.first {
                 state = "drifted"
-                message = "\(first.object) was changed in the cluster; reverting"
+                message = "\(first.object): \(first.message ?? "changed in the cluster") (put back)"
             } else {
                 state = "in-sync"
             }
