@@ -108,10 +108,12 @@ import Testing
             try await eventually("in sync") { try hub.core.policyStatus(bundle: "readonly").first?.state == "in-sync" }
             #expect(emulator.object(.clusterRoles, name: "view-pods")?[path: ["metadata", "labels", "app.kubernetes.io/managed-by"]]?.string == "tether")
 
-            // A hand edit (as `kubectl edit` would make) is put back and reported.
-            var edited = try #require(emulator.object(.clusterRoles, name: "view-pods")).objectValue!
-            edited["rules"] = .array([["apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]]])
-            _ = try emulator.put(.object(edited))
+            // A hand edit with the real kubectl is put back and reported.
+            let patch = try await runCommand("/usr/bin/kubectl", [
+                "--kubeconfig", dir.sub("kubeconfig"), "patch", "clusterrole", "view-pods", "--type=merge",
+                "-p", #"{"rules":[{"apiGroups":[""],"resources":["secrets"],"verbs":["*"]}]}"#,
+            ], environment: ["HOME": dir.path])
+            #expect(patch.status == 0, "\(patch.stderr)")
             try await eventually("edit reverted") {
                 emulator.object(.clusterRoles, name: "view-pods")?[path: ["rules"]]?.arrayValue?.first?["resources"]?.arrayValue?.first?.string == "pods"
             }
