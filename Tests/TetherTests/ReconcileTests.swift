@@ -131,4 +131,35 @@ import Testing
             try await hub.stop()
         }
     }
+
+    @Test func identityInASecretSurvivesALostStateDir() async throws {
+        try await withEmulator { emulator, _, dir in
+            let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+            func runtime(stateDir: String, join: JoinString?) throws -> AgentRuntime {
+                var config = AgentConfiguration(stateDirectory: stateDir, joinString: join)
+                config.healthListen = nil
+                config.auditListen = nil
+                config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("kubeconfig"))
+                config.identitySecret = "tether-agent-identity"
+                return try AgentRuntime(configuration: config, logger: testLogger)
+            }
+            let first = try runtime(stateDir: dir.sub("pod-1"), join: try hub.join("prod-eu"))
+            let task = Task { try await first.run() }
+            try await eventually("online") { try await hub.status("prod-eu") == .online }
+            let secret = try #require(emulator.object(.secrets, namespace: "default", name: "tether-agent-identity"))
+            #expect(secret[path: ["data", "identity.json"]]?.string != nil)
+            #expect(!FileManager.default.fileExists(atPath: dir.sub("pod-1") + "/identity.json"), "not on the pod's disk")
+            await first.shutdown()
+            try await task.value
+
+            // A rescheduled pod: new empty state dir, no join token.
+            let second = try runtime(stateDir: dir.sub("pod-2"), join: nil)
+            let task2 = Task { try await second.run() }
+            try await eventually("online again without a token") { second.link.status.value.connected }
+            #expect(try hub.core.database.certificates(of: ClusterName("prod-eu")).filter { $0.purpose == "enroll" }.count == 1)
+            await second.shutdown()
+            try await task2.value
+            try await hub.stop()
+        }
+    }
 }

@@ -57,6 +57,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Context in --kubeconfig (default: its current-context).", valueName: "name"))
     var context: String?
 
+    @Option(help: ArgumentHelp("Keep the identity in this Secret in the agent's namespace, so a rescheduled pod keeps it.", valueName: "name"))
+    var identitySecret: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -95,6 +98,7 @@ struct RunCommand: AsyncParsableCommand {
         config.auditTLSCertFile = auditTlsCert
         config.auditTLSKeyFile = auditTlsKey
         config.auditLogFile = auditLogFile
+        config.identitySecret = identitySecret
         if let kubeconfig {
             config.kubernetes = try KubeConnection.kubeconfig(path: kubeconfig, context: context)
         } else {

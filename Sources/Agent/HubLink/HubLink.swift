@@ -86,7 +86,7 @@ final class HubLink: Service, Sendable {
     /// certificate expired while the agent was offline is replaced by enrolling
     /// again when a join token was given, and reported clearly otherwise.
     func identityForConnecting() async throws -> AgentIdentity {
-        if let identity = try store.load() {
+        if let identity = try await store.load() {
             let notAfter = try identity.notValidAfter
             guard notAfter <= Date() else {
                 if joinString != nil, status.withLock({ $0.channelsOpened == 0 }) {
@@ -111,7 +111,7 @@ final class HubLink: Service, Sendable {
         let identity = try await cancelWhenGracefulShutdown {
             try await Enroller(logger: self.logger).enroll(with: join)
         }
-        try store.save(identity)
+        try await store.save(identity)
         logger.info("identity stored", metadata: ["identity": "\(store.location)"])
         return identity
     }
@@ -199,7 +199,7 @@ final class HubLink: Service, Sendable {
                     group.addTask { try await self.renewWhenDue(identity: identity, pendingKey: pendingKey, retry: max(interval, Duration.seconds(1)), outbox: outbox) }
                 case .renewed(let renewed):
                     guard let key = pendingKey.withLock({ $0 }) else { continue }
-                    try acceptRenewal(renewed, key: key, identity: identity)
+                    try await acceptRenewal(renewed, key: key, identity: identity)
                     pendingKey.withLock { $0 = nil }
                 case .desired(let desired):
                     // Only the newest matters: a later revision replaces one not yet applied.
@@ -289,7 +289,7 @@ final class HubLink: Service, Sendable {
         }
     }
 
-    private func acceptRenewal(_ renewed: Tether_V1_RenewResponse, key: P256.Signing.PrivateKey, identity: Locked<AgentIdentity>) throws {
+    private func acceptRenewal(_ renewed: Tether_V1_RenewResponse, key: P256.Signing.PrivateKey, identity: Locked<AgentIdentity>) async throws {
         var next = identity.withLock { $0 }
         next.privateKeyPEM = key.pemRepresentation
         next.certificatePEM = renewed.certificatePem
@@ -299,7 +299,7 @@ final class HubLink: Service, Sendable {
             logger.error("hub sent an unusable renewed certificate; keeping the current one", metadata: ["error": "\(error)"])
             return
         }
-        try store.save(next)
+        try await store.save(next)
         identity.withLock { $0 = next }
         status.withLock { $0.renewals += 1 }
         metrics.renewals.increment()

@@ -6,9 +6,9 @@ import Shared
 protocol IdentityStore: Sendable {
     /// The stored identity, nil if there is none yet. Throws when something is
     /// stored but unreadable: a damaged identity is never silently replaced.
-    func load() throws -> AgentIdentity?
+    func load() async throws -> AgentIdentity?
     /// Replaces the stored identity in one step.
-    func save(_ identity: AgentIdentity) throws
+    func save(_ identity: AgentIdentity) async throws
     /// Where it is, for log lines.
     var location: String { get }
 }

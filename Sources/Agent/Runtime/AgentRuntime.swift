@@ -22,6 +22,8 @@ struct AgentConfiguration: Sendable {
     var auditLogFile: String?
     /// The cluster's API server; nil: policy is reported as failed, not applied.
     var kubernetes: KubeConnection?
+    /// Keep the identity in this Secret (in the pod's namespace) instead of the state dir.
+    var identitySecret: String?
     var auditNames = AuditEndpoint.defaultNames(namespace: ProcessInfo.processInfo.environment["POD_NAMESPACE"])
 }
 
@@ -55,8 +57,17 @@ final class AgentRuntime: Sendable {
             applier = NoKubernetesApplier()
             logger.warning("no Kubernetes API configured (not in a pod, no --kubeconfig): policy bundles will be reported as failed; the hub channel and audit keep running")
         }
+        let store: any IdentityStore
+        if let secret = c.identitySecret {
+            guard let client = kubeClient, let namespace = c.kubernetes?.namespace else {
+                throw TetherError(.invalidArgument, "--identity-secret needs a Kubernetes API (in a pod, or --kubeconfig with a namespace in its context)")
+            }
+            store = SecretIdentityStore(client: client, namespace: namespace, name: secret)
+        } else {
+            store = FileIdentityStore(directory: c.stateDirectory)
+        }
         let link = HubLink(
-            store: FileIdentityStore(directory: c.stateDirectory), joinString: c.joinString, logger: logger, metrics: metrics,
+            store: store, joinString: c.joinString, logger: logger, metrics: metrics,
             participants: [AuditForwarder(spool: spool, metrics: metrics, logger: logger)], applier: applier)
         self.metrics = metrics
         self.spool = spool
