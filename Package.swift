@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "tether-hub", targets: ["Hub"]),
         .executable(name: "tether-agent", targets: ["Agent"]),
         .executable(name: "tether-bench-audit", targets: ["AuditBenchmark"]),
+        .executable(name: "tether-bench-fanout", targets: ["FanoutBenchmark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
@@ -88,6 +89,19 @@ let package = Package(
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ],
             path: "Benchmarks/AuditBenchmark"
+        ),
+        .executableTarget(
+            name: "FanoutBenchmark",
+            dependencies: [
+                "Shared",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ],
+            path: "Benchmarks/FanoutBenchmark"
         ),
         .target(
             name: "TestSupport",
