@@ -162,4 +162,48 @@ import Testing
             try await hub.stop()
         }
     }
+
+    @Test func bundlesReachOnlyMatchingClustersAndEditsFollow() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let prodAPI = try await KubeEmulator.start()
+        let devAPI = try await KubeEmulator.start()
+        try prodAPI.writeKubeconfig(to: dir.sub("prod.kubeconfig"))
+        try devAPI.writeKubeconfig(to: dir.sub("dev.kubeconfig"))
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+        _ = try hub.core.addCluster(ClusterName("dev"), labels: ["env": "dev"])
+        var runtimes: [AgentRuntime] = []
+        var tasks: [Task<Void, any Error>] = []
+        for (cluster, kubeconfig) in [("prod-eu", "prod.kubeconfig"), ("dev", "dev.kubeconfig")] {
+            var config = AgentConfiguration(stateDirectory: dir.sub(cluster), joinString: try hub.join(cluster))
+            config.healthListen = nil
+            config.auditListen = nil
+            config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub(kubeconfig))
+            let runtime = try AgentRuntime(configuration: config, logger: testLogger)
+            runtimes.append(runtime)
+            tasks.append(Task { try await runtime.run() })
+        }
+        func apply(_ roles: [String]) throws {
+            let yaml = PolicyDistributionTests.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: roles)
+            _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "b.yaml"))
+        }
+        try apply(["view-pods"])
+        try await eventually("prod has it") { prodAPI.object(.clusterRoles, name: "view-pods") != nil }
+        // Editing the bundle updates the matching cluster; the other never sees it.
+        try apply(["view-pods", "view-logs"])
+        try await eventually("edit reached prod") { prodAPI.object(.clusterRoles, name: "view-logs") != nil }
+        try await eventually("in sync") { try hub.core.policyStatus(bundle: "readonly").map(\.state) == ["in-sync"] }
+        #expect(devAPI.object(.clusterRoles, name: "view-pods") == nil && devAPI.object(.clusterRoles, name: "view-logs") == nil)
+        // Relabel: dev moves in, prod moves out (its copies are pruned).
+        _ = try hub.core.relabelCluster(ClusterName("dev"), changes: ["env": "prod"])
+        _ = try hub.core.relabelCluster(ClusterName("prod-eu"), changes: ["env": "staging"])
+        try await eventually("dev has both") { devAPI.object(.clusterRoles, name: "view-logs") != nil && devAPI.object(.clusterRoles, name: "view-pods") != nil }
+        try await eventually("prod pruned") { prodAPI.object(.clusterRoles, name: "view-pods") == nil && prodAPI.object(.clusterRoles, name: "view-logs") == nil }
+        for runtime in runtimes { await runtime.shutdown() }
+        for task in tasks { try await task.value }
+        try await hub.stop()
+        await prodAPI.stop()
+        await devAPI.stop()
+    }
 }
