@@ -17,9 +17,9 @@ struct AuditForwarder: ChannelParticipant {
     let metrics: AgentMetrics
     let logger: Logger
     /// Larger batches mean fewer commits at the hub, each touching index pages once.
-    /// ~3,000 real events stay well under gRPC's 4 MiB message limit.
-    var batchSize = 3000
-    var window: UInt64 = 30_000
+    /// The hub accepts messages of up to 32 MiB; batches stop at 16 MiB.
+    var batchSize = 10_000
+    var window: UInt64 = 50_000
 
     func run(over client: GRPCClient<HTTP2ClientTransport.Posix>) async throws {
         let start = Locked<UInt64?>(nil)
@@ -44,7 +44,7 @@ struct AuditForwarder: ChannelParticipant {
                         await spool.changed.wait(after: seen)
                         continue
                     }
-                    let events = try spool.read(after: cursor, maxEvents: batchSize, maxBytes: 3 << 20)
+                    let events = try spool.read(after: cursor, maxEvents: batchSize, maxBytes: 16 << 20)
                     guard let last = events.last else {
                         await spool.changed.wait(after: seen)
                         continue

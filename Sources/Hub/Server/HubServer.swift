@@ -134,6 +134,9 @@ final class AgentGatewayService: Service, Sendable {
                 }),
             config: .defaults { config in
                 config.compression.enabledAlgorithms = .all
+                // Audit batches of up to 10,000 events (~8 MB before compression).
+                config.rpc.maxRequestPayloadSize = 32 << 20
+                config.http2.targetWindowSize = 8 << 20
                 // Agents keep one channel open for days; keep it alive through idle NATs.
                 config.connection.maxIdleTime = nil
                 config.connection.keepalive.clientBehavior.allowWithoutCalls = true
