@@ -88,7 +88,15 @@ public func runCommand(_ executable: String, _ arguments: [String], environment:
     process.terminationHandler = { exited.set($0.terminationStatus) }
     try process.run()
     let status = await exited.value
-    await outDone.value
-    await errDone.value
+    // Output normally ends with the process. But a process another test spawns at
+    // the same moment can inherit these pipes' write ends and keep them open, so
+    // end-of-file is awaited for a short while only, never forever.
+    let deadline = ContinuousClock.now + .seconds(2)
+    while (outDone.current == nil || errDone.current == nil) && ContinuousClock.now < deadline {
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    for pipe in [out, err] {
+        pipe.fileHandleForReading.readabilityHandler = nil
+    }
     return (status, String(decoding: stdout.value, as: UTF8.self), String(decoding: stderr.value, as: UTF8.self))
 }
