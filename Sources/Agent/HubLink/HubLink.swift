@@ -219,39 +219,30 @@ final class HubLink: Service, Sendable {
             logger.info("applying desired state", metadata: ["revision": "\(desired.revision)", "objects": "\(objects.count)"])
             let results = await applier.apply(revision: desired.revision, objects: objects)
             status.withLock { $0.observedRevision = desired.revision }
-            outbox.yield(.with {
-                $0.report = .with { report in
-                    report.revision = desired.revision
-                    report.results = results.map { r in
-                        .with {
-                            $0.bundle = r.bundle
-                            $0.object = r.object
-                            $0.state = r.state.rawValue
-                            $0.message = r.message ?? ""
-                        }
-                    }
-                }
-            })
+            outbox.yield(Self.report(revision: desired.revision, results))
         }
     }
 
     /// Reports drift repairs with the revision they belong to.
     private func forwardDrift(_ reports: AsyncStream<[AppliedResult]>, outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation) async {
         for await results in reports {
-            let revision = status.value.observedRevision
-            outbox.yield(.with {
-                $0.report = .with { report in
-                    report.revision = revision
-                    report.results = results.map { r in
-                        .with {
-                            $0.bundle = r.bundle
-                            $0.object = r.object
-                            $0.state = r.state.rawValue
-                            $0.message = r.message ?? ""
-                        }
+            outbox.yield(Self.report(revision: status.value.observedRevision, results))
+        }
+    }
+
+    static func report(revision: UInt64, _ results: [AppliedResult]) -> Tether_V1_AgentMessage {
+        .with {
+            $0.report = .with { report in
+                report.revision = revision
+                report.results = results.map { r in
+                    .with {
+                        $0.bundle = r.bundle
+                        $0.object = r.object
+                        $0.state = r.state.rawValue
+                        $0.message = r.message ?? ""
                     }
                 }
-            })
+            }
         }
     }
 

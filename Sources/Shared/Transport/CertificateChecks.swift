@@ -73,10 +73,7 @@ public enum CertificateChecks {
             return .failure(TetherError(.caPinMismatch,
                 "the hub's CA does not match the join string's CA hash \(pin) (hub presented \(seen)); the join string is for another hub, or something is intercepting the connection"))
         }
-        guard (try? ca.extensions.basicConstraints) == .some(.isCertificateAuthority(maxPathLength: 0))
-                || (try? ca.extensions.basicConstraints).map({ if case .isCertificateAuthority = $0 { return true } else { return false } }) == true,
-              PKI.isIssued(leaf, by: ca)
-        else {
+        guard case .isCertificateAuthority? = (try? ca.extensions.basicConstraints) ?? nil, PKI.isIssued(leaf, by: ca) else {
             return .failure(TetherError(.caPinMismatch, "the hub's serving certificate was not issued by the pinned CA"))
         }
         guard leaf.notValidAfter > now, leaf.notValidBefore <= now.addingTimeInterval(60) else {
