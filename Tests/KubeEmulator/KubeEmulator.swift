@@ -39,6 +39,12 @@ public final class KubeEmulator: Sendable {
         self.group = group
     }
 
+    /// The authorization checks a real API server would have made so far, in order,
+    /// for requests whose User-Agent starts with `userAgentPrefix`.
+    public func authorizationChecks(userAgentPrefix: String = "") -> [AuthorizationCheck] {
+        handler.authorizations.withLock { $0.filter { $0.userAgent.hasPrefix(userAgentPrefix) } }
+    }
+
     /// Starts an emulator with the default namespaces (`default`, `kube-system`,
     /// `kube-public`, `kube-node-lease`). `historyLimit` bounds the events kept for
     /// watches; older resourceVersions get 410 Expired.

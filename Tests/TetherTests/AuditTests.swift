@@ -217,6 +217,44 @@ import Testing
         try await hub.value?.stop()
     }
 
+    @Test func aHubRestoredFromAnOlderBackupGetsNewEventsWithoutAGap() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let first = try await TestHub.start(dataDir: dir.sub("hub"))
+        let port = first.agentPort
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"), audit: true)
+        try await agent.waitUntilConnected()
+        let hub = Locked<TestHub?>(nil)
+        try await withWebhook(agent) { webhook in
+            let template = try Self.items(try Self.webhookFixtures().first!.body)
+            #expect(try await webhook.post(try Self.eventList(from: template, count: 300)).0 == 200)
+            try await eventually("first events stored") { try first.core.auditAcknowledged(ClusterName("prod-eu")) == 300 }
+            _ = try HubBackup.create(dataDir: dir.sub("hub"), to: dir.sub("backup.tar")) { _ in }
+            // Acknowledged (and trimmed at the agent) after the backup: gone with the restore.
+            #expect(try await webhook.post(try Self.eventList(from: template, count: 200)).0 == 200)
+            try await eventually("spool trimmed") { agent.runtime.spool.acknowledged == 500 }
+            try await first.stop()
+            // Spooled while the hub is down.
+            #expect(try await webhook.post(try Self.eventList(from: template, count: 100)).0 == 200)
+
+            _ = try HubBackup.restore(from: dir.sub("backup.tar"), dataDir: dir.sub("restored")) { _ in }
+            let restored = try await TestHub.start(dataDir: dir.sub("restored"), listenPort: port)
+            hub.value = restored
+            // The hub has 300; the agent renumbers its 100 pending events to 301...400.
+            try await eventually(timeout: .seconds(60), "pending events delivered") {
+                try restored.core.auditAcknowledged(ClusterName("prod-eu")) == 400
+            }
+            #expect(try await webhook.post(try Self.eventList(from: template, count: 50)).0 == 200)
+            try await eventually("new events delivered") { try restored.core.auditAcknowledged(ClusterName("prod-eu")) == 450 }
+            let events = try stored(restored, cluster: "prod-eu")
+            #expect(events.count == 450)
+            #expect(Set(events.map(\.sequence)) == Set(1...450))
+            #expect(try restored.core.database.verifyAuditChain().problem == nil)
+        }
+        try await agent.stop()
+        try await hub.value?.stop()
+    }
+
     @Test func aFullSpoolAnswers429AndLosesNothingItAccepted() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -66,6 +66,22 @@ import Testing
         }
     }
 
+    /// Every authorization check the agent's requests caused is allowed by the rules
+    /// the agent declares (and the chart grants): no missing permission. Returns the
+    /// verbs seen.
+    @discardableResult
+    static func expectAgentRequestsAllowed(_ emulator: KubeEmulator, identitySecret: String?, sourceLocation: SourceLocation = #_sourceLocation) -> Set<String> {
+        let rules = KubeAccess.required(identitySecret: identitySecret)
+        let checks = emulator.authorizationChecks(userAgentPrefix: "tether-agent/")
+        #expect(!checks.isEmpty, sourceLocation: sourceLocation)
+        for check in Set(checks) where !KubeAccess.allows(
+            rules, verb: check.verb, group: check.group, resource: check.resource + (check.subresource.map { "/" + $0 } ?? ""),
+            namespace: check.namespace, name: check.name, ownNamespace: "default") {
+            Issue.record("the agent made a request its RBAC does not allow: \(check)", sourceLocation: sourceLocation)
+        }
+        return Set(checks.map(\.verb))
+    }
+
     @Test func appliesInOrderPrunesWhatItOwnsAndLeavesOthersAlone() async throws {
         try await withEmulator { emulator, client, _ in
             let applier = KubernetesApplier(client: client, logger: testLogger, state: ReconcileState())
@@ -129,6 +145,8 @@ import Testing
             await runtime.shutdown()
             try await task.value
             try await hub.stop()
+            let verbs = Self.expectAgentRequestsAllowed(emulator, identitySecret: nil)
+            #expect(verbs.isSuperset(of: ["get", "list", "watch", "create", "patch", "delete"]), "the run exercised every verb: \(verbs)")
         }
     }
 
@@ -160,6 +178,9 @@ import Testing
             await second.shutdown()
             try await task2.value
             try await hub.stop()
+            let secretChecks = emulator.authorizationChecks(userAgentPrefix: "tether-agent/").filter { $0.resource == "secrets" }
+            #expect(Set(secretChecks.map(\.verb)) == ["get", "patch", "create"], "\(secretChecks)")
+            _ = Self.expectAgentRequestsAllowed(emulator, identitySecret: "tether-agent-identity")
         }
     }
 

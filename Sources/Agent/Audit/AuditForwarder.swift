@@ -64,6 +64,9 @@ struct AuditForwarder: ChannelParticipant {
                         if acked > spool.lastSequence {
                             logger.warning("the hub has audit events up to \(acked) but this agent's spool ends at \(spool.lastSequence) (state dir lost?); renumbering pending events after the hub's")
                             try spool.renumber(above: acked)
+                        } else if acked < spool.acknowledged {
+                            logger.error("the hub has audit events only up to \(acked) but acknowledged up to \(spool.acknowledged) before (hub restored from a backup?); events \(acked + 1)...\(spool.acknowledged) were trimmed here and are lost with the hub's newer data; renumbering pending events after the hub's")
+                            try spool.renumber(above: acked)
                         }
                         try spool.acknowledge(upTo: acked)
                         logger.info("audit stream open", metadata: ["hubHas": "\(acked)", "spooled": "\(spool.lastSequence)"])

@@ -206,12 +206,16 @@ final class AuditSpool: Sendable {
         changed.notify()
     }
 
-    /// Makes every pending event's sequence greater than `floor`: for an agent that
-    /// lost its state dir while the hub kept its log, so new events are not taken
-    /// for ones the hub already has. Rewrites pending events into a new segment.
+    /// Renumbers every pending event to follow `floor`, the hub's last stored sequence:
+    /// for an agent that lost its state dir while the hub kept its log (so new events
+    /// are not taken for ones the hub already has), and for a hub restored from a
+    /// backup older than what this agent had acknowledged (so the hub sees no gap).
+    /// Rewrites pending events into a new segment.
     func renumber(above floor: UInt64) throws {
         let renumbered: Bool = try state.withLock { s in
-            guard s.nextSequence <= floor else { return false }
+            // Either the hub is ahead of everything here (this state dir was lost), or
+            // behind what it already acknowledged (the hub was restored from a backup).
+            guard s.nextSequence <= floor || floor < s.acknowledged else { return false }
             var pending: [Event] = []
             for segment in s.segments {
                 pending += try Self.scan(path: segment.path).frames.filter { $0.sequence > s.acknowledged }

@@ -12,7 +12,7 @@ struct TetherAgentCommand: AsyncParsableCommand {
         commandName: "tether-agent",
         abstract: "Tether agent: connects a cluster to its Tether hub.",
         version: TetherVersion.current,
-        subcommands: [RunCommand.self, AuditKubeconfigCommand.self],
+        subcommands: [RunCommand.self, AuditKubeconfigCommand.self, PermissionsCommand.self],
         defaultSubcommand: RunCommand.self)
 }
 
@@ -48,6 +48,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Key (PEM) for --audit-tls-cert.", valueName: "path"))
     var auditTlsKey: String?
 
+    @Option(help: ArgumentHelp("Another DNS name or IP address for the audit endpoint's certificate (repeatable), e.g. the Service's ClusterIP the API server posts to. The Service names in POD_NAMESPACE are always included.", valueName: "name"))
+    var auditSan: [String] = []
+
     @Option(help: ArgumentHelp("Follow this API server audit log file (JSON lines) through rotation; its position is kept in the state dir.", valueName: "path"))
     var auditLogFile: String?
 
@@ -77,6 +80,9 @@ struct RunCommand: AsyncParsableCommand {
         _ = try ByteSize.parse(auditSpoolMax)
         if let kubeconfig { _ = try KubeConnection.kubeconfig(path: kubeconfig, context: context) }
         guard context == nil || kubeconfig != nil else { throw ValidationError("--context needs --kubeconfig") }
+        for name in auditSan where name.isEmpty || name.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "@" }) {
+            throw ValidationError("--audit-san '\(name)' is not a DNS name or IP address")
+        }
         guard (auditTlsCert == nil) == (auditTlsKey == nil) else {
             throw ValidationError("--audit-tls-cert and --audit-tls-key go together")
         }
@@ -98,6 +104,7 @@ struct RunCommand: AsyncParsableCommand {
         config.auditTLSCertFile = auditTlsCert
         config.auditTLSKeyFile = auditTlsKey
         config.auditLogFile = auditLogFile
+        config.auditNames += auditSan.filter { !config.auditNames.contains($0) }
         config.identitySecret = identitySecret
         if let kubeconfig {
             config.kubernetes = try KubeConnection.kubeconfig(path: kubeconfig, context: context)
@@ -159,5 +166,25 @@ enum ByteSize {
         }
         if let n = Int64(text), n > 0 { return n }
         throw ValidationError("invalid size '\(text)': use bytes or a unit, e.g. 512Mi or 1Gi")
+    }
+}
+
+/// `tether-agent permissions`: the Kubernetes API access the agent needs, as RBAC rules.
+struct PermissionsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "permissions",
+        abstract: "Print the RBAC rules the agent needs (JSON), each with why it exists.",
+        discussion: """
+            Rules with scope "cluster" belong in a ClusterRole bound to the agent's service account; \
+            "own-namespace" rules in a Role in the agent's namespace. The Helm chart grants exactly these.
+            """)
+
+    @Option(help: ArgumentHelp("The Secret the agent keeps its identity in (--identity-secret of `run`), if any.", valueName: "name"))
+    var identitySecret: String?
+
+    func run() throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: try encoder.encode(KubeAccess.required(identitySecret: identitySecret)), as: UTF8.self))
     }
 }

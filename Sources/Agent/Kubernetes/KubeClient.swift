@@ -77,12 +77,19 @@ final class KubeClient: Sendable {
         }
     }
 
-    func json(_ method: HTTPMethod, _ path: String, body: Data? = nil, contentType: String = "application/json") async throws -> [String: Any] {
+    /// A request to the API server as the agent: its User-Agent (which the API
+    /// server's audit log records) and the current bearer token.
+    private func request(_ method: HTTPMethod, _ path: String) throws -> HTTPClientRequest {
         var request = HTTPClientRequest(url: connection.server + path)
         request.method = method
         request.headers.add(name: "Accept", value: "application/json")
         request.headers.add(name: "User-Agent", value: "tether-agent/\(TetherVersion.current)")
         if let token = try connection.token?.read() { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        return request
+    }
+
+    func json(_ method: HTTPMethod, _ path: String, body: Data? = nil, contentType: String = "application/json") async throws -> [String: Any] {
+        var request = try request(method, path)
         if let body {
             request.headers.add(name: "Content-Type", value: contentType)
             request.body = .bytes(ByteBuffer(bytes: body))
@@ -120,9 +127,7 @@ extension KubeClient {
                onEvent: (WatchEvent) async throws -> Void) async throws {
         var path = resource.path() + "?watch=true&allowWatchBookmarks=false&timeoutSeconds=\(timeoutSeconds)&resourceVersion=\(resourceVersion)"
         if let labelSelector { path += "&labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? labelSelector) }
-        var request = HTTPClientRequest(url: connection.server + path)
-        request.headers.add(name: "Accept", value: "application/json")
-        if let token = try connection.token?.read() { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        let request = try request(.GET, path)
         let response = try await streamingClient.execute(request, timeout: .seconds(Int64(timeoutSeconds + 30)))
         guard response.status.code == 200 else {
             let data = Data(buffer: try await response.body.collect(upTo: 1 << 20))

@@ -14,7 +14,7 @@ struct TetherHubCommand: AsyncParsableCommand {
             (default ./tether-data/admin-credentials.json).
             """,
         version: TetherVersion.current,
-        subcommands: [ServeCommand.self, ClusterCommand.self, TokenCommand.self, PolicyCommand.self, AuditCommand.self]
+        subcommands: [ServeCommand.self, ClusterCommand.self, TokenCommand.self, PolicyCommand.self, AuditCommand.self, BackupCommand.self, RestoreCommand.self]
     )
 }
 

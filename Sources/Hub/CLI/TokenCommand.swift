@@ -36,7 +36,9 @@ struct TokenCommand: AsyncParsableCommand {
             print(created.joinString)
             let help = """
                 Join token \(created.token.id) for cluster \(created.token.cluster), single use, expires \(Table.date(created.token.expiresAt)).
-                Run the agent with it (the join string is a secret; pass it by environment where you can):
+                Install the agent in the cluster with the chart in this repository (charts/tether-agent):
+                  \(HelmInstallLine.make(joinString: created.joinString))
+                or run it outside a cluster (the join string is a secret; pass it by environment where you can):
                   TETHER_JOIN_TOKEN='\(created.joinString)' tether-agent --state-dir /var/lib/tether-agent
 
                 """
@@ -77,5 +79,13 @@ struct TokenCommand: AsyncParsableCommand {
             let view: TokenView = try await admin.client().call(.DELETE, "/v1/tokens/\(id)")
             print("token \(view.id) revoked")
         }
+    }
+}
+
+/// The `helm install` line `token create` prints: the chart's release name and
+/// namespace defaults, and the join string as a string value (never a number or a list).
+enum HelmInstallLine {
+    static func make(joinString: String, chart: String = "./charts/tether-agent") -> String {
+        "helm install tether-agent \(chart) --namespace tether-system --create-namespace --set-string joinToken='\(joinString)'"
     }
 }

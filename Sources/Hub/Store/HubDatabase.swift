@@ -275,3 +275,23 @@ func constantTimeEqual(_ a: Data, _ b: Data) -> Bool {
 func iso8601(_ date: Date) -> String {
     date.formatted(.iso8601)
 }
+
+extension HubDatabase {
+    /// Writes a consistent copy of the database at `path` to `destination` with
+    /// `VACUUM INTO`: one read transaction, so a running hub keeps writing meanwhile
+    /// (WAL) and the copy holds every transaction committed before it began.
+    static func snapshot(databaseAt path: String, to destination: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw TetherError(.notFound, "no database at \(path): is that the hub's data dir?")
+        }
+        var config = Configuration()
+        config.busyMode = .timeout(30)
+        let queue = try DatabaseQueue(path: path, configuration: config)
+        try queue.inDatabase { db in
+            let result = try String.fetchOne(db, sql: "PRAGMA quick_check") ?? "no result"
+            guard result == "ok" else { throw TetherError(.storage, "database \(path) fails its integrity check (\(result)); not backing it up") }
+            try db.execute(sql: "VACUUM INTO ?", arguments: [destination])
+        }
+        try queue.close()
+    }
+}

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 
 /// One HTTP request, reduced to what the API logic needs.
 struct APIRequest: Sendable {
@@ -23,6 +24,22 @@ struct APIRequest: Sendable {
     }
 }
 
+/// One authorization check, with the attributes kube-apiserver's RequestInfo
+/// resolver derives from the request (verb from method and path, and `watch=true`).
+public struct AuthorizationCheck: Sendable, Hashable, CustomStringConvertible {
+    public var verb: String
+    public var group: String
+    public var resource: String
+    public var subresource: String?
+    public var namespace: String?
+    public var name: String?
+    public var userAgent: String
+
+    public var description: String {
+        "\(verb) \(group.isEmpty ? "core" : group)/\(resource)\(subresource.map { "/" + $0 } ?? "") ns=\(namespace ?? "-") name=\(name ?? "-")"
+    }
+}
+
 /// What to send back: a JSON body, raw bytes, or a watch stream.
 enum APIResponse: Sendable {
     case json(Int, JSON)
@@ -34,6 +51,8 @@ enum APIResponse: Sendable {
 /// create/update/apply/patch/delete/list/watch semantics. No sockets here.
 final class APIHandler: Sendable {
     let store: ObjectStore
+    /// Every authorization check a real API server would make for the requests served.
+    let authorizations = Mutex<[AuthorizationCheck]>([])
     let discovery: [String: Data]
     let openAPI: [String: Data]
     let adminToken: String
@@ -87,6 +106,21 @@ final class APIHandler: Sendable {
         let subresource = tail.count > 2 ? tail[2] : nil
         if type.namespaced, name != nil, namespace == nil { throw .pathNotFound }
 
+        let verb: String
+        switch (r.method, name) {
+        case ("GET", nil): verb = r.query["watch"] == "true" || r.query["watch"] == "1" ? "watch" : "list"
+        case ("GET", _): verb = "get"
+        case ("POST", _): verb = "create"
+        case ("PUT", _): verb = "update"
+        case ("PATCH", _): verb = "patch"
+        case ("DELETE", _): verb = "delete"
+        default: verb = r.method.lowercased()
+        }
+        func authorize(_ verb: String) {
+            let check = AuthorizationCheck(verb: verb, group: group, resource: type.plural, subresource: subresource, namespace: namespace, name: name, userAgent: r.userAgent ?? "")
+            authorizations.withLock { $0.append(check) }
+        }
+        authorize(verb)
         if let subresource {
             guard type == .serviceAccounts, subresource == "token", r.method == "POST", let name, let namespace else { throw .pathNotFound }
             return try tokenRequest(r, namespace: namespace, name: name)
@@ -101,7 +135,12 @@ final class APIHandler: Sendable {
             if type.namespaced, namespace == nil { throw .methodNotAllowed(r.method) }
             return try create(r, type, namespace ?? "")
         case ("PUT", let name?): return try update(r, type, namespace ?? "", name)
-        case ("PATCH", let name?): return try patch(r, type, namespace ?? "", name)
+        case ("PATCH", let name?):
+            let response = try patch(r, type, namespace ?? "", name)
+            // Server-side apply that creates the object is also authorized as `create`
+            // (apiserver endpoints/handlers/patch.go).
+            if case .json(201, _) = response { authorize("create") }
+            return response
         case ("DELETE", let name?): return try delete(r, type, namespace ?? "", name)
         default: throw .methodNotAllowed(r.method)
         }

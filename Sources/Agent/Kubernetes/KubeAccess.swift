@@ -1,0 +1,62 @@
+/// The Kubernetes API access the agent needs, as RBAC rules: every request the agent
+/// makes is allowed by one of them, and nothing else is. The chart's ClusterRole and
+/// Role are checked against this list (`Tests/chart`), and the requests the agent
+/// makes against the API emulator are checked against it (`ReconcileTests`).
+/// `tether-agent permissions` prints it.
+struct KubeAccessRule: Codable, Hashable, Sendable {
+    enum Scope: String, Codable, Sendable {
+        /// A ClusterRole bound cluster-wide.
+        case cluster
+        /// A Role in the agent's own namespace.
+        case ownNamespace = "own-namespace"
+    }
+    var scope: Scope
+    var apiGroups: [String]
+    var resources: [String]
+    var verbs: [String]
+    var resourceNames: [String]?
+    var why: String
+}
+
+enum KubeAccess {
+    /// Reading, applying (server-side apply is `patch`, and also `create` when the
+    /// object is new), watching for drift and pruning the kinds bundles carry.
+    static let managedVerbs = ["get", "list", "watch", "create", "patch", "delete"]
+
+    static func required(identitySecret: String?) -> [KubeAccessRule] {
+        var rules: [KubeAccessRule] = []
+        let groups = Dictionary(grouping: KubeResource.managed, by: \.group)
+        for group in groups.keys.sorted() {
+            rules.append(KubeAccessRule(
+                scope: .cluster, apiGroups: [group], resources: groups[group]!.map(\.plural), verbs: managedVerbs,
+                why: "apply policy bundles with server-side apply (patch; create when new), read before applying, list and watch to put back hand edits, delete to prune what a bundle no longer holds"))
+        }
+        rules.append(KubeAccessRule(
+            scope: .cluster, apiGroups: [KubeResource.clusterRole.group], resources: [KubeResource.clusterRole.plural, KubeResource.role.plural],
+            verbs: ["bind", "escalate"],
+            why: "without these the API server refuses roles, and bindings to roles, that grant what the agent does not hold itself"))
+        if let identitySecret {
+            rules.append(KubeAccessRule(
+                scope: .ownNamespace, apiGroups: [""], resources: [KubeResource.secret.plural], verbs: ["get", "create", "patch"],
+                resourceNames: [identitySecret],
+                why: "keep the agent's identity (key and certificate) in one Secret so a rescheduled pod keeps it"))
+        }
+        return rules
+    }
+
+    /// Whether `required(identitySecret:)` allows one authorization check, as the API
+    /// server's RBAC authorizer would decide it.
+    static func allows(_ rules: [KubeAccessRule], verb: String, group: String, resource: String, namespace: String?, name: String?, ownNamespace: String) -> Bool {
+        rules.contains { rule in
+            switch rule.scope {
+            case .cluster: break
+            case .ownNamespace: guard namespace == ownNamespace else { return false }
+            }
+            guard rule.apiGroups.contains(group), rule.resources.contains(resource), rule.verbs.contains(verb) else { return false }
+            if let names = rule.resourceNames {
+                guard let name, names.contains(name) else { return false }
+            }
+            return true
+        }
+    }
+}

@@ -1,0 +1,176 @@
+import Foundation
+import Shared
+import TestSupport
+import Testing
+@testable import Hub
+
+/// `tether-hub backup` and `restore`: a consistent copy of a running hub, back into
+/// an empty data dir, with bad archives refused and nothing half-restored.
+@Suite struct BackupTests {
+    @Test func archivesRoundTripAndDamageIsRefused() throws {
+        let entries = [
+            TarArchive.Entry(name: "a.txt", mode: 0o644, contents: Data("hello".utf8)),
+            TarArchive.Entry(name: "empty", mode: 0o600, contents: Data()),
+            TarArchive.Entry(name: "block", mode: 0o600, contents: Data(repeating: 7, count: 1024)),
+        ]
+        let archive = try TarArchive.write(entries)
+        #expect(archive.count % 512 == 0)
+        #expect(try TarArchive.read(archive, source: "x.tar") == entries)
+
+        // The system's tar reads it.
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        try archive.write(to: URL(fileURLWithPath: dir.sub("x.tar")))
+        let listed = Process()
+        listed.executableURL = URL(fileURLWithPath: "/bin/tar")
+        listed.arguments = ["-tf", dir.sub("x.tar")]
+        let pipe = Pipe()
+        listed.standardOutput = pipe
+        try listed.run()
+        let names = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        listed.waitUntilExit()
+        #expect(listed.terminationStatus == 0)
+        #expect(names.split(separator: "\n") == ["a.txt", "empty", "block"])
+
+        func refusal(_ data: Data) -> String? {
+            do { _ = try TarArchive.read(data, source: "x.tar"); return nil } catch { return "\(error)" }
+        }
+        #expect(refusal(archive.prefix(700))?.contains("truncated") == true)
+        var damaged = archive
+        damaged[10] ^= 0xFF
+        #expect(refusal(damaged)?.contains("checksum") == true)
+        #expect(refusal(Data("not a tar file at all".utf8) + Data(count: 600))?.contains("not a tar archive") == true)
+        #expect(throws: TetherError.self) { try TarArchive.write([.init(name: "../escape", mode: 0o600, contents: Data())]) }
+    }
+
+    @Test func aBackupOfARunningHubRestoresAsItWas() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+        let join = try hub.join("prod-eu")
+        // Writes keep going while the backup runs.
+        let writer = Task {
+            for i in 0..<40 { _ = try hub.core.addCluster(ClusterName("busy-\(i)"), labels: [:]) }
+        }
+        var progress: [String] = []
+        let summary = try HubBackup.create(dataDir: dir.sub("hub"), to: dir.sub("backup.tar")) { progress.append($0) }
+        try await writer.value
+        #expect(summary.files == 7 && summary.databaseBytes > 0)
+        #expect(progress.contains { $0.contains("snapshotting") })
+        let mode = try FileManager.default.attributesOfItem(atPath: dir.sub("backup.tar"))[.posixPermissions] as? Int
+        #expect(mode == 0o600, "the archive holds the CA key")
+        _ = try hub.core.addCluster(ClusterName("after-backup"), labels: [:])
+        try await hub.stop()
+
+        _ = try HubBackup.restore(from: dir.sub("backup.tar"), dataDir: dir.sub("restored")) { _ in }
+        for (name, expected) in [("ca.key", 0o600), ("hub.key", 0o600), ("hub.db", 0o600), ("ca.crt", 0o644)] {
+            #expect(try FileManager.default.attributesOfItem(atPath: dir.sub("restored/\(name)"))[.posixPermissions] as? Int == expected, "\(name)")
+        }
+        #expect(try FileManager.default.attributesOfItem(atPath: dir.sub("restored"))[.posixPermissions] as? Int == 0o700)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir.sub("restored/ca.key"))) == Data(contentsOf: URL(fileURLWithPath: dir.sub("hub/ca.key"))))
+        let restored = try await TestHub.start(dataDir: dir.sub("restored"), listenPort: hub.agentPort)
+        let names = Set(try await restored.core.clusterViews().map(\.name))
+        #expect(names.contains("prod-eu") && !names.contains("after-backup"))
+        // Every busy-N cluster the snapshot holds is whole: a prefix of the writer's order.
+        let busy = names.filter { $0.hasPrefix("busy-") }.map { Int($0.dropFirst(5))! }.sorted()
+        #expect(busy == Array(0..<busy.count))
+        // The restored hub is the same CA: the join string made before the backup still enrolls.
+        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: join)
+        try await agent.waitUntilConnected()
+        #expect(try await restored.status("prod-eu") == .online)
+        try await agent.stop()
+        try await restored.stop()
+    }
+
+    @Test func restoreRefusesAHubItWouldOverwriteAndBadFiles() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        _ = try HubBackup.create(dataDir: dir.sub("hub"), to: dir.sub("backup.tar")) { _ in }
+        try await hub.stop()
+        func refusal(_ body: () throws -> Void) -> String {
+            do { try body(); return "no error" } catch { return "\(error)" }
+        }
+        // Onto an existing hub: refused, and that hub untouched.
+        let before = try Data(contentsOf: URL(fileURLWithPath: dir.sub("hub/hub.db")))
+        #expect(refusal { _ = try HubBackup.restore(from: dir.sub("backup.tar"), dataDir: dir.sub("hub")) { _ in } }.contains("already holds a hub"))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir.sub("hub/hub.db"))) == before)
+
+        let archive = try Data(contentsOf: URL(fileURLWithPath: dir.sub("backup.tar")))
+        try archive.prefix(archive.count / 2).write(to: URL(fileURLWithPath: dir.sub("half.tar")))
+        #expect(refusal { _ = try HubBackup.restore(from: dir.sub("half.tar"), dataDir: dir.sub("r1")) { _ in } }.contains("truncated"))
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("r1/hub.db")))
+
+        // A tar that is not a backup, and a backup without its CA key.
+        let entries = try TarArchive.read(archive, source: "backup.tar")
+        try TarArchive.write([.init(name: "notes.txt", mode: 0o644, contents: Data("hi".utf8))]).write(to: URL(fileURLWithPath: dir.sub("other.tar")))
+        #expect(refusal { _ = try HubBackup.restore(from: dir.sub("other.tar"), dataDir: dir.sub("r2")) { _ in } }.contains("no tether-backup.json"))
+        try TarArchive.write(entries.filter { $0.name != "ca.key" }).write(to: URL(fileURLWithPath: dir.sub("nokey.tar")))
+        #expect(refusal { _ = try HubBackup.restore(from: dir.sub("nokey.tar"), dataDir: dir.sub("r3")) { _ in } }.contains("ca.key is missing"))
+
+        // A database that is not one: refused after the integrity check, nothing left behind.
+        var corrupt = entries
+        let db = corrupt.firstIndex { $0.name == "hub.db" }!
+        corrupt[db].contents = Data(repeating: 0x41, count: corrupt[db].contents.count)
+        try TarArchive.write(corrupt).write(to: URL(fileURLWithPath: dir.sub("corrupt.tar")))
+        let message = refusal { _ = try HubBackup.restore(from: dir.sub("corrupt.tar"), dataDir: dir.sub("r4")) { _ in } }
+        #expect(message.contains("hub.db"), "\(message)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.sub("r4")).isEmpty)
+
+        // Backing up something that is not a data dir.
+        #expect(refusal { _ = try HubBackup.create(dataDir: dir.sub("r4"), to: dir.sub("x.tar")) { _ in } }.contains("has no hub.db"))
+    }
+
+    @Test func theCLIBacksUpARunningHubAndTheAgentComesBackAfterRestore() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hubBinary = try ChildProcess.binary("tether-hub")
+        let agentBinary = try ChildProcess.binary("tether-agent")
+        let data = dir.sub("tether-data")
+        func cli(_ data: String, _ args: String...) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await runCommand(hubBinary, args + ["--credentials", data + "/admin-credentials.json"])
+        }
+        func status(_ data: String, _ cluster: String) async throws -> String? {
+            let listed = try await cli(data, "cluster", "list", "--output", "json")
+            let clusters = try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]] ?? []
+            return clusters.first { $0["name"] as? String == cluster }?["status"] as? String
+        }
+        let hub = try ChildProcess(hubBinary, ["serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1"])
+        try await hub.waitForOutput(containing: "hub ready")
+        #expect(try await cli(data, "cluster", "add", "prod-eu").status == 0)
+        let token = try await cli(data, "token", "create", "--cluster", "prod-eu")
+        let join = try JoinString(parsing: String(token.stdout.split(separator: "\n")[0]))
+        #expect(token.stderr.contains("helm install tether-agent ./charts/tether-agent --namespace tether-system --create-namespace --set-string joinToken='\(join.encoded)'"))
+        let agent = try ChildProcess(agentBinary, ["--state-dir", dir.sub("agent"), "--health-listen", "none", "--audit-listen", "none"],
+                                     environment: ["TETHER_JOIN_TOKEN": join.encoded])
+        try await eventually(timeout: .seconds(10), "online") { try await status(data, "prod-eu") == "online" }
+
+        let backup = try await runCommand(hubBinary, ["backup", "--data-dir", data, "--to", dir.sub("hub.tar")])
+        #expect(backup.status == 0, "\(backup.stderr)")
+        #expect(backup.stdout.contains("wrote \(dir.sub("hub.tar"))") && backup.stderr.contains("snapshotting"))
+        let again = try await runCommand(hubBinary, ["backup", "--data-dir", data, "--to", dir.sub("hub.tar")])
+        #expect(again.status != 0 && again.stderr.contains("--force"))
+        #expect(try await cli(data, "cluster", "add", "after-backup").status == 0)
+
+        hub.signal(SIGTERM)
+        #expect(await hub.waitForExit() == 0)
+        let onto = try await runCommand(hubBinary, ["restore", "--from", dir.sub("hub.tar"), "--data-dir", data])
+        #expect(onto.status != 0 && onto.stderr.contains("already holds a hub"))
+        let restore = try await runCommand(hubBinary, ["restore", "--from", dir.sub("hub.tar"), "--data-dir", dir.sub("restored")])
+        #expect(restore.status == 0, "\(restore.stderr)")
+
+        // The same listener address; the agent reconnects with the certificate it holds.
+        let restored = try ChildProcess(hubBinary, ["serve", "--data-dir", dir.sub("restored"), "--listen", "127.0.0.1:\(join.hub.port)",
+                                                    "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1"])
+        try await restored.waitForOutput(containing: "hub ready")
+        try await eventually(timeout: .seconds(40), "online after restore") { try await status(dir.sub("restored"), "prod-eu") == "online" }
+        #expect(try await status(dir.sub("restored"), "after-backup") == nil)
+        #expect(agent.output.components(separatedBy: "enrolling").count == 2, "enrolled once, before the backup")
+
+        agent.signal(SIGTERM)
+        #expect(await agent.waitForExit() == 0)
+        restored.signal(SIGTERM)
+        #expect(await restored.waitForExit() == 0)
+    }
+}
