@@ -81,6 +81,15 @@ struct AuditBenchmark {
         print("posting \(batches * batch) events, \(concurrency) connections...")
         let start = ContinuousClock.now
         let accepted = Locked<[(ContinuousClock.Instant, UInt64)]>([])
+        // `tether-hub backup` of the running hub once half the events are accepted:
+        // how long it takes under load, and whether the hub keeps storing meanwhile.
+        let backup = Task.detached { () throws -> (ContinuousClock.Instant, ContinuousClock.Instant, Int) in
+            while accepted.value.count < batches / 2 { try await Task.sleep(for: .milliseconds(10)) }
+            let begin = ContinuousClock.now
+            _ = try run(bin + "/tether-hub", ["backup", "--data-dir", work + "/hub", "--to", work + "/backup.tar"])
+            let size = (try FileManager.default.attributesOfItem(atPath: work + "/backup.tar")[.size] as? Int) ?? 0
+            return (begin, ContinuousClock.now, size)
+        }
         let next = Locked(0)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<concurrency {
@@ -117,6 +126,9 @@ struct AuditBenchmark {
         let stored = acks.value.first { $0.1 >= total }!.0
         done.value = true
         await poller.value
+        let (backupStart, backupEnd, backupBytes) = try await backup.value
+        let during = acks.value.filter { $0.0 >= backupStart && $0.0 <= backupEnd }
+        let storedDuringBackup = during.count >= 2 ? Double(during.last!.1 - during.first!.1) / (during.last!.0 - during.first!.0).seconds : .nan
 
         // Latency from 200 to stored, per batch.
         let ackLog = acks.value
@@ -147,6 +159,7 @@ struct AuditBenchmark {
           peak memory (VmHWM):     agent \(peakMemory(agent.pid) / 1024) MiB, hub \(peakMemory(hub.pid) / 1024) MiB
           wire bytes per event:    \(serialized.count / 1000) B uncompressed, \(compressed.count / 1000) B gzip (\(String(format: "%.1f", Double(serialized.count) / Double(compressed.count)))x), per 1000-event AuditBatch message
           hub ingested counter:    \(Int(hubIngested)) agent events
+          backup while loading:    \(String(format: "%.2f", (backupEnd - backupStart).seconds)) s for a \(backupBytes / (1 << 20)) MiB archive; hub stored \(String(format: "%.0f", storedDuringBackup)) events/s meanwhile
         """)
         try await client.shutdown()
         try await plain.shutdown()

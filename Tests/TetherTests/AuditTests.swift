@@ -5,6 +5,7 @@ import NIOSSL
 import Shared
 import TestSupport
 import Testing
+import X509
 @testable import Agent
 @testable import Hub
 
@@ -291,6 +292,36 @@ import Testing
         }
         try await agent.stop()
         try await hub.value?.stop()
+    }
+
+    @Test func theWebhookCertificateCoversTheServiceNamesAndExtraSANs() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        // As the chart runs it: --audit-san for the release's Service and a fixed ClusterIP.
+        let command = try RunCommand.parse([
+            "--state-dir", dir.sub("agent"), "--audit-san", "edge-tether-agent.edge-system.svc", "--audit-san", "10.96.0.44",
+        ])
+        #expect(command.auditSan == ["edge-tether-agent.edge-system.svc", "10.96.0.44"])
+        #expect(throws: (any Error).self) { try RunCommand.parse(["--state-dir", dir.sub("agent"), "--audit-san", "not a name"]) }
+        #expect(throws: (any Error).self) { try RunCommand.parse(["--state-dir", dir.sub("agent"), "--audit-san", ""]) }
+
+        let names = AuditEndpoint.defaultNames(namespace: "edge-system") + command.auditSan
+        let endpoint = try AuditEndpoint.load(stateDir: dir.sub("agent"), names: names, certFile: nil, keyFile: nil)
+        let certificate = try Certificate(pemEncoded: endpoint.certificateChainPEM[0])
+        let sans = try #require(try certificate.extensions.subjectAlternativeNames)
+        var dns: Set<String> = [], ips: Set<[UInt8]> = []
+        for name in sans {
+            switch name {
+            case .dnsName(let n): dns.insert(n)
+            case .ipAddress(let bytes): ips.insert(Array(bytes.bytes))
+            default: break
+            }
+        }
+        #expect(dns.isSuperset(of: ["tether-agent.edge-system.svc", "edge-tether-agent.edge-system.svc", "localhost"]))
+        #expect(ips == [[10, 96, 0, 44], [127, 0, 0, 1]])
+        // The CA and token survive a restart (a new serving certificate, same trust).
+        let again = try AuditEndpoint.load(stateDir: dir.sub("agent"), names: names, certFile: nil, keyFile: nil)
+        #expect(again.caPEM == endpoint.caPEM && again.token == endpoint.token)
     }
 
     @Test func queriesFilterByEachField() async throws {

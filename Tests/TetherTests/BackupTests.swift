@@ -8,19 +8,24 @@ import Testing
 /// an empty data dir, with bad archives refused and nothing half-restored.
 @Suite struct BackupTests {
     @Test func archivesRoundTripAndDamageIsRefused() throws {
-        let entries = [
-            TarArchive.Entry(name: "a.txt", mode: 0o644, contents: Data("hello".utf8)),
-            TarArchive.Entry(name: "empty", mode: 0o600, contents: Data()),
-            TarArchive.Entry(name: "block", mode: 0o600, contents: Data(repeating: 7, count: 1024)),
-        ]
-        let archive = try TarArchive.write(entries)
-        #expect(archive.count % 512 == 0)
-        #expect(try TarArchive.read(archive, source: "x.tar") == entries)
-
-        // The system's tar reads it.
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        try archive.write(to: URL(fileURLWithPath: dir.sub("x.tar")))
+        let big = Data((0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        try big.write(to: URL(fileURLWithPath: dir.sub("big.bin")))
+        try TarArchive.write([
+            ("a.txt", 0o644, .data(Data("hello".utf8))),
+            ("empty", 0o600, .data(Data())),
+            ("big", 0o600, .file(dir.sub("big.bin"))),
+        ], to: dir.sub("x.tar"), mode: 0o600)
+        let archive = try Data(contentsOf: URL(fileURLWithPath: dir.sub("x.tar")))
+        #expect(archive.count % 512 == 0)
+        let entries = try TarArchive.entries(in: dir.sub("x.tar"))
+        #expect(entries.map(\.name) == ["a.txt", "empty", "big"] && entries.map(\.mode) == [0o644, 0o600, 0o600])
+        #expect(try TarArchive.contents(of: entries[0], in: dir.sub("x.tar")) == Data("hello".utf8))
+        try TarArchive.extract(entries[2], from: dir.sub("x.tar"), to: dir.sub("big.out"), mode: 0o600)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir.sub("big.out"))) == big, "streamed in chunks, unchanged")
+
+        // The system's tar reads it.
         let listed = Process()
         listed.executableURL = URL(fileURLWithPath: "/bin/tar")
         listed.arguments = ["-tf", dir.sub("x.tar")]
@@ -30,17 +35,25 @@ import Testing
         let names = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         listed.waitUntilExit()
         #expect(listed.terminationStatus == 0)
-        #expect(names.split(separator: "\n") == ["a.txt", "empty", "block"])
+        #expect(names.split(separator: "\n") == ["a.txt", "empty", "big"])
 
-        func refusal(_ data: Data) -> String? {
-            do { _ = try TarArchive.read(data, source: "x.tar"); return nil } catch { return "\(error)" }
+        func refusal(_ data: Data) throws -> String? {
+            try data.write(to: URL(fileURLWithPath: dir.sub("bad.tar")))
+            do { _ = try TarArchive.entries(in: dir.sub("bad.tar")); return nil } catch { return "\(error)" }
         }
-        #expect(refusal(archive.prefix(700))?.contains("truncated") == true)
+        #expect(try refusal(archive.prefix(archive.count - 2048))?.contains("truncated") == true)
         var damaged = archive
         damaged[10] ^= 0xFF
-        #expect(refusal(damaged)?.contains("checksum") == true)
-        #expect(refusal(Data("not a tar file at all".utf8) + Data(count: 600))?.contains("not a tar archive") == true)
-        #expect(throws: TetherError.self) { try TarArchive.write([.init(name: "../escape", mode: 0o600, contents: Data())]) }
+        #expect(try refusal(damaged)?.contains("checksum") == true)
+        #expect(try refusal(Data("not a tar file at all".utf8) + Data(count: 600))?.contains("not a tar archive") == true)
+        #expect(throws: TetherError.self) { try TarArchive.write([("../escape", 0o600, .data(Data()))], to: dir.sub("y.tar"), mode: 0o600) }
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("y.tar")) && !FileManager.default.fileExists(atPath: dir.sub("y.tar.partial")))
+
+        // Sizes over 8 GiB use the base-256 field GNU tar reads.
+        let header = try TarArchive.header(name: "huge", mode: 0o600, size: 9 << 30, modified: Date())
+        #expect(header[124] == 0x80)
+        try (header + Data(count: 1024)).write(to: URL(fileURLWithPath: dir.sub("huge.tar")))
+        #expect(throws: TetherError.self) { try TarArchive.entries(in: dir.sub("huge.tar")) }  // cut short: the size was read
     }
 
     @Test func aBackupOfARunningHubRestoresAsItWas() async throws {
@@ -99,21 +112,22 @@ import Testing
 
         let archive = try Data(contentsOf: URL(fileURLWithPath: dir.sub("backup.tar")))
         try archive.prefix(archive.count / 2).write(to: URL(fileURLWithPath: dir.sub("half.tar")))
+        func data(_ entry: TarArchive.Entry) throws -> TarArchive.Source { .data(try TarArchive.contents(of: entry, in: dir.sub("backup.tar"))) }
         #expect(refusal { _ = try HubBackup.restore(from: dir.sub("half.tar"), dataDir: dir.sub("r1")) { _ in } }.contains("truncated"))
         #expect(!FileManager.default.fileExists(atPath: dir.sub("r1/hub.db")))
 
         // A tar that is not a backup, and a backup without its CA key.
-        let entries = try TarArchive.read(archive, source: "backup.tar")
-        try TarArchive.write([.init(name: "notes.txt", mode: 0o644, contents: Data("hi".utf8))]).write(to: URL(fileURLWithPath: dir.sub("other.tar")))
+        let entries = try TarArchive.entries(in: dir.sub("backup.tar"))
+        try TarArchive.write([("notes.txt", 0o644, .data(Data("hi".utf8)))], to: dir.sub("other.tar"), mode: 0o600)
         #expect(refusal { _ = try HubBackup.restore(from: dir.sub("other.tar"), dataDir: dir.sub("r2")) { _ in } }.contains("no tether-backup.json"))
-        try TarArchive.write(entries.filter { $0.name != "ca.key" }).write(to: URL(fileURLWithPath: dir.sub("nokey.tar")))
+        try TarArchive.write(try entries.filter { $0.name != "ca.key" }.map { ($0.name, $0.mode, try data($0)) }, to: dir.sub("nokey.tar"), mode: 0o600)
         #expect(refusal { _ = try HubBackup.restore(from: dir.sub("nokey.tar"), dataDir: dir.sub("r3")) { _ in } }.contains("ca.key is missing"))
 
         // A database that is not one: refused after the integrity check, nothing left behind.
-        var corrupt = entries
-        let db = corrupt.firstIndex { $0.name == "hub.db" }!
-        corrupt[db].contents = Data(repeating: 0x41, count: corrupt[db].contents.count)
-        try TarArchive.write(corrupt).write(to: URL(fileURLWithPath: dir.sub("corrupt.tar")))
+        let corrupt = try entries.map { entry -> (String, Int, TarArchive.Source) in
+            (entry.name, entry.mode, entry.name == "hub.db" ? .data(Data(repeating: 0x41, count: entry.size)) : try data(entry))
+        }
+        try TarArchive.write(corrupt.map { (name: $0.0, mode: $0.1, source: $0.2) }, to: dir.sub("corrupt.tar"), mode: 0o600)
         let message = refusal { _ = try HubBackup.restore(from: dir.sub("corrupt.tar"), dataDir: dir.sub("r4")) { _ in } }
         #expect(message.contains("hub.db"), "\(message)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.sub("r4")).isEmpty)

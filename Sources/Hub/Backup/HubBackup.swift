@@ -34,54 +34,53 @@ enum HubBackup {
         guard fm.fileExists(atPath: dir + "/" + databaseName) else {
             throw TetherError(.notFound, "\(dir) has no \(databaseName): pass the hub's --data-dir")
         }
-        let scratch = destination + ".partial-db"
-        try? fm.removeItem(atPath: scratch)
-        defer { try? fm.removeItem(atPath: scratch) }
+        let snapshot = destination + ".snapshot-db"
+        try? fm.removeItem(atPath: snapshot)
+        defer { try? fm.removeItem(atPath: snapshot) }
         progress("snapshotting \(dir)/\(databaseName) (the hub may keep running)")
-        try HubDatabase.snapshot(databaseAt: dir + "/" + databaseName, to: scratch)
-        guard let database = fm.contents(atPath: scratch) else { throw TetherError(.storage, "cannot read the snapshot at \(scratch)") }
-        progress("database snapshot: \(ByteCount.format(database.count))")
+        try HubDatabase.snapshot(databaseAt: dir + "/" + databaseName, to: snapshot)
+        let databaseBytes = (try fm.attributesOfItem(atPath: snapshot)[.size] as? Int) ?? 0
+        progress("database snapshot: \(ByteCount.format(databaseBytes)); writing \(destination)")
 
-        var entries: [TarArchive.Entry] = []
+        var entries: [(name: String, mode: Int, source: TarArchive.Source)] = []
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let manifest = Manifest(format: 1, hubVersion: TetherVersion.current, createdAt: Date(), databaseBytes: databaseBytes)
+        entries.append((manifestName, 0o644, .data(try encoder.encode(manifest))))
         for file in files {
             guard let contents = fm.contents(atPath: dir + "/" + file.name) else {
                 if file.required { throw TetherError(.notFound, "\(dir)/\(file.name) is missing or unreadable; is this a hub data dir, and are you its owner?") }
                 continue
             }
-            entries.append(.init(name: file.name, mode: file.mode, contents: contents))
+            entries.append((file.name, file.mode, .data(contents)))
         }
-        entries.append(.init(name: databaseName, mode: 0o600, contents: database))
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let manifest = Manifest(format: 1, hubVersion: TetherVersion.current, createdAt: Date(), databaseBytes: database.count)
-        entries.insert(.init(name: manifestName, mode: 0o644, contents: try encoder.encode(manifest)), at: 0)
-        let archive = try TarArchive.write(entries)
-        try AtomicFile.write(archive, to: destination, mode: 0o600)
-        return Summary(files: entries.count, bytes: archive.count, databaseBytes: database.count)
+        entries.append((databaseName, 0o600, .file(snapshot)))
+        try TarArchive.write(entries, to: destination, mode: 0o600)
+        let bytes = (try fm.attributesOfItem(atPath: destination)[.size] as? Int) ?? 0
+        return Summary(files: entries.count, bytes: bytes, databaseBytes: databaseBytes)
     }
 
     /// Restores into `dataDir`, which must not hold a database yet. The database is
     /// checked (integrity, schema not newer than this hub) before this returns.
     static func restore(from source: String, dataDir: String, progress: (String) -> Void) throws -> Manifest {
         let fm = FileManager.default
-        guard let data = fm.contents(atPath: source) else { throw TetherError(.notFound, "cannot read \(source)") }
-        let entries = try TarArchive.read(data, source: source)
+        let entries = try TarArchive.entries(in: source)
         let byName = Dictionary(entries.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         guard let manifestEntry = byName[manifestName] else {
             throw TetherError(.invalidArgument, "\(source) is not a Tether hub backup: it has no \(manifestName)")
         }
         let decoder = JSONDecoder()
         decoder.dateDecodingStrategy = .iso8601
-        guard let manifest = try? decoder.decode(Manifest.self, from: manifestEntry.contents), manifest.format == 1 else {
+        guard let manifest = try? decoder.decode(Manifest.self, from: try TarArchive.contents(of: manifestEntry, in: source)), manifest.format == 1 else {
             throw TetherError(.invalidArgument, "\(source): unreadable \(manifestName) (made by a newer tether-hub?)")
         }
         let expected = [databaseName] + files.filter(\.required).map(\.name)
         for name in expected where byName[name] == nil {
             throw TetherError(.invalidArgument, "\(source) is not a complete hub backup: \(name) is missing")
         }
-        guard byName[databaseName]!.contents.count == manifest.databaseBytes else {
-            throw TetherError(.invalidArgument, "\(source): the database is \(byName[databaseName]!.contents.count) bytes but the manifest says \(manifest.databaseBytes) (damaged?)")
+        guard byName[databaseName]!.size == manifest.databaseBytes else {
+            throw TetherError(.invalidArgument, "\(source): the database is \(byName[databaseName]!.size) bytes but the manifest says \(manifest.databaseBytes) (damaged?)")
         }
 
         let dir = dataDir.hasSuffix("/") ? String(dataDir.dropLast()) : dataDir
@@ -90,14 +89,14 @@ enum HubBackup {
         }
         try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: dir)
-        progress("restoring a backup made \(ISO8601DateFormatter().string(from: manifest.createdAt)) by tether-hub \(manifest.hubVersion)")
+        progress("restoring a backup made \(ISO8601DateFormatter().string(from: manifest.createdAt)) by tether-hub \(manifest.hubVersion) (database \(ByteCount.format(manifest.databaseBytes)))")
         var written: [String] = []
         do {
             for name in expected + files.filter({ !$0.required }).map(\.name) {
                 guard let entry = byName[name] else { continue }
                 let mode = files.first { $0.name == name }?.mode ?? 0o600
-                try AtomicFile.write(entry.contents, to: dir + "/" + name, mode: mode_t(mode))
                 written.append(name)
+                try TarArchive.extract(entry, from: source, to: dir + "/" + name, mode: mode_t(mode))
             }
             // Refuses a damaged file or one from a newer hub, and migrates an older one.
             _ = try HubDatabase(path: dir + "/" + databaseName)

@@ -2,77 +2,176 @@ import Foundation
 import Shared
 
 /// A POSIX ustar archive of regular files, enough for hub backups: `tar -tvf` and
-/// `tar -xf` read it, and `read` takes back what `write` made (and refuses anything
-/// else with a clear error rather than guessing).
+/// `tar -xf` read it, and `entries(in:)` takes back what `write` made (and refuses
+/// anything else with a clear error rather than guessing). Contents are streamed in
+/// 1 MiB chunks, so a database of any size is never held in memory.
 enum TarArchive {
+    enum Source {
+        case data(Data)
+        case file(String)
+    }
+
+    /// One entry as found in an archive: where its contents start, and how long.
     struct Entry: Equatable {
         var name: String
         var mode: Int
-        var contents: Data
+        var size: Int
+        var offset: UInt64
     }
 
-    static func write(_ entries: [Entry], modified: Date = Date()) throws -> Data {
-        var out = Data()
-        for entry in entries {
-            guard !entry.name.isEmpty, entry.name.utf8.count < 100, !entry.name.hasPrefix("/"), !entry.name.contains("..") else {
-                throw TetherError(.invalidArgument, "cannot archive '\(entry.name)': names must be relative and under 100 bytes")
-            }
-            var header = [UInt8](repeating: 0, count: 512)
-            func put(_ text: String, at offset: Int, width: Int) {
-                for (i, byte) in text.utf8.prefix(width).enumerated() { header[offset + i] = byte }
-            }
-            func octal(_ value: Int, at offset: Int, width: Int) {
-                put(String(repeating: "0", count: max(0, width - 1 - String(value, radix: 8).count)) + String(value, radix: 8), at: offset, width: width - 1)
-            }
-            put(entry.name, at: 0, width: 100)
-            octal(entry.mode, at: 100, width: 8)
-            octal(0, at: 108, width: 8)
-            octal(0, at: 116, width: 8)
-            octal(entry.contents.count, at: 124, width: 12)
-            octal(Int(modified.timeIntervalSince1970), at: 136, width: 12)
-            header[156] = UInt8(ascii: "0")
-            put("ustar\0", at: 257, width: 6)
-            put("00", at: 263, width: 2)
-            // The checksum is computed with its own field as spaces.
-            for i in 148..<156 { header[i] = UInt8(ascii: " ") }
-            let sum = header.reduce(0) { $0 + Int($1) }
-            put(String(repeating: "0", count: 6 - String(sum, radix: 8).count) + String(sum, radix: 8) + "\0 ", at: 148, width: 8)
-            out.append(contentsOf: header)
-            out.append(entry.contents)
-            out.append(Data(count: (512 - entry.contents.count % 512) % 512))
+    static let chunk = 1 << 20
+
+    /// Writes `entries` to `path` atomically (a temporary file, fsynced, renamed).
+    static func write(_ entries: [(name: String, mode: Int, source: Source)], to path: String, mode: mode_t, modified: Date = Date()) throws {
+        let temporary = path + ".partial"
+        guard FileManager.default.createFile(atPath: temporary, contents: nil, attributes: [.posixPermissions: Int(mode)]) else {
+            throw TetherError(.storage, "cannot create \(temporary)")
         }
-        out.append(Data(count: 1024))
-        return out
+        do {
+            let out = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
+            defer { try? out.close() }
+            for entry in entries {
+                switch entry.source {
+                case .data(let data):
+                    try out.write(contentsOf: try header(name: entry.name, mode: entry.mode, size: data.count, modified: modified))
+                    try out.write(contentsOf: data)
+                    try out.write(contentsOf: padding(data.count))
+                case .file(let source):
+                    guard let size = (try? FileManager.default.attributesOfItem(atPath: source))?[.size] as? Int,
+                          let input = FileHandle(forReadingAtPath: source) else {
+                        throw TetherError(.storage, "cannot read \(source)")
+                    }
+                    defer { try? input.close() }
+                    try out.write(contentsOf: try header(name: entry.name, mode: entry.mode, size: size, modified: modified))
+                    var left = size
+                    while left > 0 {
+                        let data = try input.read(upToCount: min(chunk, left)) ?? Data()
+                        guard !data.isEmpty else { throw TetherError(.storage, "\(source) shrank while it was archived") }
+                        try out.write(contentsOf: data)
+                        left -= data.count
+                    }
+                    try out.write(contentsOf: padding(size))
+                }
+            }
+            try out.write(contentsOf: Data(count: 1024))
+            try out.synchronize()
+            guard rename(temporary, path) == 0 else { throw TetherError(.storage, "cannot rename \(temporary) to \(path): \(String(cString: strerror(errno)))") }
+        } catch {
+            unlink(temporary)
+            throw error
+        }
     }
 
-    static func read(_ data: Data, source: String) throws -> [Entry] {
-        func bad(_ why: String) -> TetherError { TetherError(.invalidArgument, "\(source) is not a Tether hub backup: \(why)") }
-        let bytes = [UInt8](data)
+    /// The entries of the archive at `path`, each checked against the file's length.
+    static func entries(in path: String) throws -> [Entry] {
+        func bad(_ why: String) -> TetherError { TetherError(.invalidArgument, "\(path) is not a Tether hub backup: \(why)") }
+        guard let input = FileHandle(forReadingAtPath: path) else { throw TetherError(.notFound, "cannot read \(path)") }
+        defer { try? input.close() }
+        let length = try input.seekToEnd()
         var entries: [Entry] = []
-        var offset = 0
+        var offset: UInt64 = 0
         while true {
-            guard offset + 512 <= bytes.count else { throw bad("it ends in the middle of an entry (truncated?)") }
-            let header = Array(bytes[offset..<offset + 512])
+            try input.seek(toOffset: offset)
+            guard offset + 512 <= length, let block = try input.read(upToCount: 512), block.count == 512 else {
+                throw bad("it ends in the middle of an entry (truncated?)")
+            }
+            let header = [UInt8](block)
             if header.allSatisfy({ $0 == 0 }) { return entries }
             func field(_ start: Int, _ width: Int) -> String {
                 String(decoding: header[start..<start + width].prefix { $0 != 0 }, as: UTF8.self)
             }
             func number(_ start: Int, _ width: Int) throws -> Int {
-                let text = field(start, width).trimmingCharacters(in: .whitespaces)
-                guard let value = Int(text, radix: 8) else { throw bad("a header field is not a number") }
+                guard let value = Int(field(start, width).trimmingCharacters(in: .whitespaces), radix: 8) else { throw bad("a header field is not a number") }
                 return value
             }
             guard field(257, 5) == "ustar" else { throw bad("not a tar archive") }
-            var checkHeader = header
-            for i in 148..<156 { checkHeader[i] = UInt8(ascii: " ") }
-            guard try number(148, 8) == checkHeader.reduce(0, { $0 + Int($1) }) else { throw bad("a header checksum does not match (damaged?)") }
-            let name = field(0, 100), size = try number(124, 12), mode = try number(100, 8)
+            var unsummed = header
+            for i in 148..<156 { unsummed[i] = UInt8(ascii: " ") }
+            guard try number(148, 8) == unsummed.reduce(0, { $0 + Int($1) }) else { throw bad("a header checksum does not match (damaged?)") }
+            let size: Int
+            if header[124] & 0x80 != 0 {
+                size = header[128..<136].reduce(0) { $0 << 8 | Int($1) }
+            } else {
+                size = try number(124, 12)
+            }
+            let name = field(0, 100), mode = try number(100, 8)
             guard header[156] == UInt8(ascii: "0") || header[156] == 0 else { throw bad("'\(name)' is not a regular file") }
-            guard !name.hasPrefix("/"), !name.split(separator: "/").contains(".."), !name.contains("/") else { throw bad("unexpected entry '\(name)'") }
+            guard !name.isEmpty, !name.contains("/") else { throw bad("unexpected entry '\(name)'") }
             let start = offset + 512
-            guard start + size <= bytes.count else { throw bad("'\(name)' is cut short (truncated?)") }
-            entries.append(Entry(name: name, mode: mode, contents: Data(bytes[start..<start + size])))
-            offset = start + (size + 511) / 512 * 512
+            guard start + UInt64(size) <= length else { throw bad("'\(name)' is cut short (truncated?)") }
+            entries.append(Entry(name: name, mode: mode, size: size, offset: start))
+            offset = start + UInt64((size + 511) / 512 * 512)
         }
     }
+
+    /// A small entry's contents.
+    static func contents(of entry: Entry, in path: String) throws -> Data {
+        guard let input = FileHandle(forReadingAtPath: path) else { throw TetherError(.notFound, "cannot read \(path)") }
+        defer { try? input.close() }
+        try input.seek(toOffset: entry.offset)
+        return try input.read(upToCount: entry.size) ?? Data()
+    }
+
+    /// Copies an entry to `destination` atomically, in chunks, fsynced.
+    static func extract(_ entry: Entry, from path: String, to destination: String, mode: mode_t) throws {
+        guard let input = FileHandle(forReadingAtPath: path) else { throw TetherError(.notFound, "cannot read \(path)") }
+        defer { try? input.close() }
+        try input.seek(toOffset: entry.offset)
+        let temporary = destination + ".partial"
+        guard FileManager.default.createFile(atPath: temporary, contents: nil, attributes: [.posixPermissions: Int(mode)]) else {
+            throw TetherError(.storage, "cannot create \(temporary)")
+        }
+        do {
+            let out = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
+            defer { try? out.close() }
+            var left = entry.size
+            while left > 0 {
+                let data = try input.read(upToCount: min(chunk, left)) ?? Data()
+                guard !data.isEmpty else { throw TetherError(.invalidArgument, "\(path): '\(entry.name)' is cut short (truncated?)") }
+                try out.write(contentsOf: data)
+                left -= data.count
+            }
+            try out.synchronize()
+            guard rename(temporary, destination) == 0 else { throw TetherError(.storage, "cannot rename \(temporary): \(String(cString: strerror(errno)))") }
+        } catch {
+            unlink(temporary)
+            throw error
+        }
+    }
+
+    static func header(name: String, mode: Int, size: Int, modified: Date) throws -> Data {
+        guard !name.isEmpty, name.utf8.count < 100, !name.contains("/") else {
+            throw TetherError(.invalidArgument, "cannot archive '\(name)': names must be plain file names under 100 bytes")
+        }
+        var header = [UInt8](repeating: 0, count: 512)
+        func put(_ text: String, at offset: Int) {
+            for (i, byte) in text.utf8.enumerated() { header[offset + i] = byte }
+        }
+        func octal(_ value: Int, at offset: Int, width: Int) {
+            let digits = String(value, radix: 8)
+            put(String(repeating: "0", count: max(0, width - 1 - digits.count)) + digits, at: offset)
+        }
+        put(name, at: 0)
+        octal(mode, at: 100, width: 8)
+        octal(0, at: 108, width: 8)
+        octal(0, at: 116, width: 8)
+        if size < 0o77777777777 {
+            octal(size, at: 124, width: 12)
+        } else {
+            // Over 8 GiB: the base-256 size field GNU tar and bsdtar read.
+            header[124] = 0x80
+            for i in 0..<8 { header[135 - i] = UInt8(truncatingIfNeeded: size >> (8 * i)) }
+        }
+        octal(Int(modified.timeIntervalSince1970), at: 136, width: 12)
+        header[156] = UInt8(ascii: "0")
+        put("ustar\0", at: 257)
+        put("00", at: 263)
+        // The checksum is summed with its own field as spaces.
+        for i in 148..<156 { header[i] = UInt8(ascii: " ") }
+        let sum = String(header.reduce(0) { $0 + Int($1) }, radix: 8)
+        put(String(repeating: "0", count: 6 - sum.count) + sum + "\0 ", at: 148)
+        return Data(header)
+    }
+
+    static func padding(_ size: Int) -> Data { Data(count: (512 - size % 512) % 512) }
 }
