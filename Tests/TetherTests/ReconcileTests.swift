@@ -70,8 +70,9 @@ import Testing
     /// the agent declares (and the chart grants): no missing permission. Returns the
     /// verbs seen.
     @discardableResult
-    static func expectAgentRequestsAllowed(_ emulator: KubeEmulator, identitySecret: String?, sourceLocation: SourceLocation = #_sourceLocation) -> Set<String> {
-        let rules = KubeAccess.required(identitySecret: identitySecret)
+    static func expectAgentRequestsAllowed(_ emulator: KubeEmulator, identitySecret: String?, auditSecret: String? = nil,
+                                           sourceLocation: SourceLocation = #_sourceLocation) -> Set<String> {
+        let rules = KubeAccess.required(identitySecret: identitySecret, auditSecret: auditSecret)
         let checks = emulator.authorizationChecks(userAgentPrefix: "tether-agent/")
         #expect(!checks.isEmpty, sourceLocation: sourceLocation)
         for check in Set(checks) where !KubeAccess.allows(
@@ -150,37 +151,63 @@ import Testing
         }
     }
 
-    @Test func identityInASecretSurvivesALostStateDir() async throws {
+    @Test func identityAndWebhookCredentialsInSecretsSurviveALostStateDir() async throws {
         try await withEmulator { emulator, _, dir in
             let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-            func runtime(stateDir: String, join: JoinString?) throws -> AgentRuntime {
+            func runtime(stateDir: String, join: JoinString?) async throws -> AgentRuntime {
                 var config = AgentConfiguration(stateDirectory: stateDir, joinString: join)
                 config.healthListen = nil
-                config.auditListen = nil
+                config.auditListen = HostPort(host: "127.0.0.1", port: 0)
                 config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("kubeconfig"))
                 config.identitySecret = "tether-agent-identity"
+                config.auditSecret = "tether-agent-audit-webhook"
+                try await AgentRuntime.prepare(config, logger: testLogger)
                 return try AgentRuntime(configuration: config, logger: testLogger)
             }
-            let first = try runtime(stateDir: dir.sub("pod-1"), join: try hub.join("prod-eu"))
+            let first = try await runtime(stateDir: dir.sub("pod-1"), join: try hub.join("prod-eu"))
             let task = Task { try await first.run() }
             try await eventually("online") { try await hub.status("prod-eu") == .online }
             let secret = try #require(emulator.object(.secrets, namespace: "default", name: "tether-agent-identity"))
             #expect(secret[path: ["data", "identity.json"]]?.string != nil)
             #expect(!FileManager.default.fileExists(atPath: dir.sub("pod-1") + "/identity.json"), "not on the pod's disk")
+            let webhook = try #require(emulator.object(.secrets, namespace: "default", name: "tether-agent-audit-webhook"))
+            for key in ["audit-webhook-token", "audit-ca.crt", "audit-ca.key"] {
+                #expect(webhook[path: ["data", key]]?.string != nil, "\(key)")
+            }
+            let firstEndpoint = try #require(first.endpoint)
             await first.shutdown()
             try await task.value
 
-            // A rescheduled pod: new empty state dir, no join token.
-            let second = try runtime(stateDir: dir.sub("pod-2"), join: nil)
+            // A rescheduled pod: new empty state dir, no join token. Same identity, and the
+            // same webhook token and CA, which the API server's kubeconfig holds.
+            let second = try await runtime(stateDir: dir.sub("pod-2"), join: nil)
             let task2 = Task { try await second.run() }
             try await eventually("online again without a token") { second.link.status.value.connected }
             #expect(try hub.core.database.certificates(of: ClusterName("prod-eu")).filter { $0.purpose == "enroll" }.count == 1)
+            let secondEndpoint = try #require(second.endpoint)
+            #expect(secondEndpoint.token == firstEndpoint.token && secondEndpoint.caPEM == firstEndpoint.caPEM)
+            let rv = emulator.object(.secrets, namespace: "default", name: "tether-agent-audit-webhook")?[path: ["metadata", "resourceVersion"]]?.string
             await second.shutdown()
             try await task2.value
+            #expect(emulator.object(.secrets, namespace: "default", name: "tether-agent-audit-webhook")?[path: ["metadata", "resourceVersion"]]?.string == rv,
+                    "unchanged credentials are not written again")
             try await hub.stop()
+
             let secretChecks = emulator.authorizationChecks(userAgentPrefix: "tether-agent/").filter { $0.resource == "secrets" }
             #expect(Set(secretChecks.map(\.verb)) == ["get", "patch", "create"], "\(secretChecks)")
-            _ = Self.expectAgentRequestsAllowed(emulator, identitySecret: "tether-agent-identity")
+            #expect(Set(secretChecks.compactMap(\.name)) == ["tether-agent-identity", "tether-agent-audit-webhook"])
+            _ = Self.expectAgentRequestsAllowed(emulator, identitySecret: "tether-agent-identity", auditSecret: "tether-agent-audit-webhook")
+
+            // A Secret that lost a key is refused with what to do, not silently replaced.
+            _ = try emulator.put(try JSON.parse(JSONSerialization.data(withJSONObject: [
+                "apiVersion": "v1", "kind": "Secret", "metadata": ["name": "broken", "namespace": "default"],
+                "data": ["audit-webhook-token": Data("x".utf8).base64EncodedString()],
+            ])))
+            var config = AgentConfiguration(stateDirectory: dir.sub("pod-3"), joinString: nil)
+            config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("kubeconfig"))
+            config.auditSecret = "broken"
+            let error = await #expect(throws: TetherError.self) { try await AgentRuntime.prepare(config, logger: testLogger) }
+            #expect(error?.message.contains("secret default/broken exists but has no audit-ca.crt") == true)
         }
     }
 

@@ -206,7 +206,8 @@ def test_overrides_render_valid_objects(openapi, tmp_path):
     assert policy["egress"][0]["to"] == [{"ipBlock": {"cidr": "203.0.113.10/32"}}]
     assert policy["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
     role = one(objects, "Role")
-    assert role["rules"][0]["resourceNames"] == ["agent-id"]
+    assert role["rules"][0]["resourceNames"] == ["agent-id", "edge-tether-agent-audit-webhook"]
+    assert "--audit-secret=edge-tether-agent-audit-webhook" in args
     assert all(s["name"] == "tether" and s["namespace"] == "edge-system" for b in by_kind(objects, "RoleBinding") + by_kind(objects, "ClusterRoleBinding") for s in b["subjects"])
 
 
@@ -259,15 +260,22 @@ def rule_tuples(rules, scope):
     return out
 
 
-@pytest.mark.parametrize("identity_secret", [None, "agent-id"])
-def test_rbac_is_exactly_what_the_agent_calls(identity_secret):
+@pytest.mark.parametrize("identity_secret, audit", [(None, True), ("agent-id", True), (None, False)])
+def test_rbac_is_exactly_what_the_agent_calls(identity_secret, audit):
     """`tether-agent permissions` is the list the agent's code uses (its requests
     against the API emulator are checked against it in ReconcileTests)."""
     extra = ["--set", f"identitySecret.name={identity_secret}"] if identity_secret else []
-    objects = install("--set-string", f"joinToken={JOIN}", *extra)
+    objects = install("--set-string", f"joinToken={JOIN}", "--set", f"audit.enabled={str(audit).lower()}", *extra)
     secret_name = identity_secret or "tether-agent-identity"
-    declared = json.loads(subprocess.run([os.path.join(BIN, "tether-agent"), "permissions", "--identity-secret", secret_name],
-                                         capture_output=True, text=True, check=True).stdout)
+    args = agent_args(objects)
+    assert f"--identity-secret={secret_name}" in args
+    permissions = [os.path.join(BIN, "tether-agent"), "permissions", "--identity-secret", secret_name]
+    if audit:
+        assert "--audit-secret=tether-agent-audit-webhook" in args
+        permissions += ["--audit-secret", "tether-agent-audit-webhook"]
+    else:
+        assert not any(a.startswith("--audit-secret") for a in args)
+    declared = json.loads(subprocess.run(permissions, capture_output=True, text=True, check=True).stdout)
     expected = set()
     for rule in declared:
         assert rule["why"], rule
@@ -282,7 +290,6 @@ def test_rbac_is_exactly_what_the_agent_calls(identity_secret):
     for binding, role in [(one(objects, "ClusterRoleBinding"), one(objects, "ClusterRole")), (one(objects, "RoleBinding"), one(objects, "Role"))]:
         assert binding["roleRef"]["name"] == role["metadata"]["name"] and binding["roleRef"]["kind"] == role["kind"]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}]
-    assert f"--identity-secret={secret_name}" in agent_args(objects)
 
 
 def test_rbac_rules_are_commented():

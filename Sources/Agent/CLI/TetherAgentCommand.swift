@@ -63,6 +63,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Keep the identity in this Secret in the agent's namespace, so a rescheduled pod keeps it.", valueName: "name"))
     var identitySecret: String?
 
+    @Option(help: ArgumentHelp("Keep the audit webhook's token and CA in this Secret in the agent's namespace too, so a rescheduled pod serves the webhook with the credentials the API server has.", valueName: "name"))
+    var auditSecret: String?
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -82,6 +85,9 @@ struct RunCommand: AsyncParsableCommand {
         guard context == nil || kubeconfig != nil else { throw ValidationError("--context needs --kubeconfig") }
         for name in auditSan where name.isEmpty || name.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "@" }) {
             throw ValidationError("--audit-san '\(name)' is not a DNS name or IP address")
+        }
+        if auditSecret != nil, auditListen == "none" {
+            throw ValidationError("--audit-secret keeps the audit webhook's credentials; it needs the webhook (--audit-listen)")
         }
         guard (auditTlsCert == nil) == (auditTlsKey == nil) else {
             throw ValidationError("--audit-tls-cert and --audit-tls-key go together")
@@ -106,11 +112,13 @@ struct RunCommand: AsyncParsableCommand {
         config.auditLogFile = auditLogFile
         config.auditNames += auditSan.filter { !config.auditNames.contains($0) }
         config.identitySecret = identitySecret
+        config.auditSecret = auditSecret
         if let kubeconfig {
             config.kubernetes = try KubeConnection.kubeconfig(path: kubeconfig, context: context)
         } else {
             config.kubernetes = KubeConnection.inCluster()
         }
+        try await AgentRuntime.prepare(config, logger: logger)
         let runtime = try AgentRuntime(configuration: config, logger: logger, signals: [.sigterm, .sigint])
         try await runtime.run()
     }
@@ -182,9 +190,12 @@ struct PermissionsCommand: ParsableCommand {
     @Option(help: ArgumentHelp("The Secret the agent keeps its identity in (--identity-secret of `run`), if any.", valueName: "name"))
     var identitySecret: String?
 
+    @Option(help: ArgumentHelp("The Secret the agent keeps its audit webhook credentials in (--audit-secret of `run`), if any.", valueName: "name"))
+    var auditSecret: String?
+
     func run() throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        print(String(decoding: try encoder.encode(KubeAccess.required(identitySecret: identitySecret)), as: UTF8.self))
+        print(String(decoding: try encoder.encode(KubeAccess.required(identitySecret: identitySecret, auditSecret: auditSecret)), as: UTF8.self))
     }
 }

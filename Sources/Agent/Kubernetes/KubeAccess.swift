@@ -23,7 +23,7 @@ enum KubeAccess {
     /// object is new), watching for drift and pruning the kinds bundles carry.
     static let managedVerbs = ["get", "list", "watch", "create", "patch", "delete"]
 
-    static func required(identitySecret: String?) -> [KubeAccessRule] {
+    static func required(identitySecret: String?, auditSecret: String? = nil) -> [KubeAccessRule] {
         var rules: [KubeAccessRule] = []
         let groups = Dictionary(grouping: KubeResource.managed, by: \.group)
         for group in groups.keys.sorted() {
@@ -35,16 +35,17 @@ enum KubeAccess {
             scope: .cluster, apiGroups: [KubeResource.clusterRole.group], resources: [KubeResource.clusterRole.plural, KubeResource.role.plural],
             verbs: ["bind", "escalate"],
             why: "without these the API server refuses roles, and bindings to roles, that grant what the agent does not hold itself"))
-        if let identitySecret {
+        let secrets = [identitySecret, auditSecret].compactMap { $0 }
+        if !secrets.isEmpty {
             rules.append(KubeAccessRule(
                 scope: .ownNamespace, apiGroups: [""], resources: [KubeResource.secret.plural], verbs: ["get", "create", "patch"],
-                resourceNames: [identitySecret],
-                why: "keep the agent's identity (key and certificate) in one Secret so a rescheduled pod keeps it"))
+                resourceNames: secrets,
+                why: "keep the agent's identity (key and certificate) and its audit webhook's token and CA in Secrets of its own, so a rescheduled pod keeps them"))
         }
         return rules
     }
 
-    /// Whether `required(identitySecret:)` allows one authorization check, as the API
+    /// Whether `required(identitySecret:auditSecret:)` allows one authorization check, as the API
     /// server's RBAC authorizer would decide it.
     static func allows(_ rules: [KubeAccessRule], verb: String, group: String, resource: String, namespace: String?, name: String?, ownNamespace: String) -> Bool {
         rules.contains { rule in

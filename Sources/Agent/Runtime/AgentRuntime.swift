@@ -24,6 +24,8 @@ struct AgentConfiguration: Sendable {
     var kubernetes: KubeConnection?
     /// Keep the identity in this Secret (in the pod's namespace) instead of the state dir.
     var identitySecret: String?
+    /// Keep the audit webhook's token and CA in this Secret (in the pod's namespace) too.
+    var auditSecret: String?
     var auditNames = AuditEndpoint.defaultNames(namespace: ProcessInfo.processInfo.environment["POD_NAMESPACE"])
 }
 
@@ -105,6 +107,23 @@ final class AgentRuntime: Sendable {
         }
         services.append(.init(service: link, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
         group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: signals, cancellationSignals: [], logger: logger))
+    }
+
+    /// What must happen before the runtime is composed and that needs the network:
+    /// the audit webhook's credentials from (or into) `auditSecret`.
+    static func prepare(_ c: AgentConfiguration, logger: Logger) async throws {
+        guard let name = c.auditSecret, c.auditListen != nil else { return }
+        guard let connection = c.kubernetes, let namespace = connection.namespace else {
+            throw TetherError(.invalidArgument, "--audit-secret needs a Kubernetes API (in a pod, or --kubeconfig with a namespace in its context)")
+        }
+        let client = try KubeClient(connection: connection)
+        do {
+            try await AuditCredentialSecret(client: client, namespace: namespace, name: name).sync(stateDir: c.stateDirectory, logger: logger)
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+        try await client.shutdown()
     }
 
     func run() async throws {

@@ -32,6 +32,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default (printf "%s-identity" (include "tether-agent.fullname" .)) .Values.identitySecret.name -}}
 {{- end -}}
 
+{{- define "tether-agent.auditSecretName" -}}
+{{- default (printf "%s-audit-webhook" (include "tether-agent.fullname" .)) .Values.audit.secretName -}}
+{{- end -}}
+
 {{- define "tether-agent.joinSecretName" -}}
 {{- default (printf "%s-join" (include "tether-agent.fullname" .)) .Values.existingSecret -}}
 {{- end -}}
