@@ -47,7 +47,7 @@ import Testing
         #expect(try refusal(damaged)?.contains("checksum") == true)
         #expect(try refusal(Data("not a tar file at all".utf8) + Data(count: 600))?.contains("not a tar archive") == true)
         #expect(throws: TetherError.self) { try TarArchive.write([("../escape", 0o600, .data(Data()))], to: dir.sub("y.tar"), mode: 0o600) }
-        #expect(!FileManager.default.fileExists(atPath: dir.sub("y.tar")) && !FileManager.default.fileExists(atPath: dir.sub("y.tar.partial")))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix("y.tar") }.isEmpty, "nothing left behind")
 
         // Sizes over 8 GiB use the base-256 field GNU tar reads.
         let header = try TarArchive.header(name: "huge", mode: 0o600, size: 9 << 30, modified: Date())

@@ -20,12 +20,11 @@ struct AuditCredentialSecret {
     /// API server was given), new ones made if neither has any, and the state dir's
     /// back into the Secret when they differ (first start, or a CA renewed near expiry).
     func sync(stateDir: String, logger: Logger) async throws {
-        let existing = try await client.get(.secret, namespace: namespace, name: name)
+        let existing = try await client.secretData(namespace: namespace, name: name)
         var stored: [String: Data] = [:]
         if let existing {
-            let data = existing["data"] as? [String: Any] ?? [:]
             for file in Self.files {
-                guard let encoded = data[file.key] as? String, let bytes = Data(base64Encoded: encoded), !bytes.isEmpty else {
+                guard let bytes = existing[file.key], !bytes.isEmpty else {
                     throw TetherError(.storage, "\(location) exists but has no \(file.key); delete it to make new webhook credentials (and give the API server the new `tether-agent audit-kubeconfig`)")
                 }
                 stored[file.key] = bytes
@@ -45,12 +44,7 @@ struct AuditCredentialSecret {
             current[file.key] = bytes
         }
         guard current != stored else { return }
-        let secret: [String: Any] = [
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": ["name": name, "namespace": namespace, "labels": ["app.kubernetes.io/name": "tether-agent"]],
-            "data": current.mapValues { $0.base64EncodedString() },
-        ]
-        _ = try await client.apply(try JSONSerialization.data(withJSONObject: secret), resource: .secret, namespace: namespace, name: name)
+        try await client.applySecret(namespace: namespace, name: name, data: current)
         logger.notice("audit webhook credentials saved", metadata: ["secret": "\(namespace)/\(name)", "new": "\(existing == nil)"])
     }
 }

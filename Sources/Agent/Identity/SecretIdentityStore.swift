@@ -13,8 +13,8 @@ struct SecretIdentityStore: IdentityStore {
     var location: String { "secret \(namespace)/\(name)" }
 
     func load() async throws -> AgentIdentity? {
-        guard let secret = try await client.get(.secret, namespace: namespace, name: name) else { return nil }
-        guard let encoded = (secret["data"] as? [String: Any])?[Self.key] as? String, let data = Data(base64Encoded: encoded) else {
+        guard let secret = try await client.secretData(namespace: namespace, name: name) else { return nil }
+        guard let data = secret[Self.key] else {
             throw TetherError(.storage, "\(location) exists but has no \(Self.key); delete it and enroll again with a new join token")
         }
         let identity: AgentIdentity
@@ -28,11 +28,6 @@ struct SecretIdentityStore: IdentityStore {
     }
 
     func save(_ identity: AgentIdentity) async throws {
-        let secret: [String: Any] = [
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": ["name": name, "namespace": namespace, "labels": ["app.kubernetes.io/name": "tether-agent"]],
-            "data": [Self.key: try JSONEncoder().encode(identity).base64EncodedString()],
-        ]
-        _ = try await client.apply(try JSONSerialization.data(withJSONObject: secret), resource: .secret, namespace: namespace, name: name)
+        try await client.applySecret(namespace: namespace, name: name, data: [Self.key: try JSONEncoder().encode(identity)])
     }
 }

@@ -153,3 +153,25 @@ extension KubeClient {
         }
     }
 }
+
+/// The agent's own Secrets (its identity, its audit webhook's credentials), in its namespace.
+extension KubeClient {
+    /// The Secret's data, decoded; nil when it does not exist. A value that is not
+    /// base64 is left out (so it reads as missing).
+    func secretData(namespace: String, name: String) async throws -> [String: Data]? {
+        guard let secret = try await get(.secret, namespace: namespace, name: name) else { return nil }
+        let data = secret["data"] as? [String: Any] ?? [:]
+        return data.compactMapValues { ($0 as? String).flatMap { Data(base64Encoded: $0) } }
+    }
+
+    /// Creates the Opaque Secret or replaces its data, in one server-side apply as
+    /// `tether`, labelled as the agent's own.
+    func applySecret(namespace: String, name: String, data: [String: Data]) async throws {
+        let secret: [String: Any] = [
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": ["name": name, "namespace": namespace, "labels": ["app.kubernetes.io/name": "tether-agent"]],
+            "data": data.mapValues { $0.base64EncodedString() },
+        ]
+        _ = try await apply(try JSONSerialization.data(withJSONObject: secret), resource: .secret, namespace: namespace, name: name)
+    }
+}

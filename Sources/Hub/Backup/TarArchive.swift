@@ -23,13 +23,7 @@ enum TarArchive {
 
     /// Writes `entries` to `path` atomically (a temporary file, fsynced, renamed).
     static func write(_ entries: [(name: String, mode: Int, source: Source)], to path: String, mode: mode_t, modified: Date = Date()) throws {
-        let temporary = path + ".partial"
-        guard FileManager.default.createFile(atPath: temporary, contents: nil, attributes: [.posixPermissions: Int(mode)]) else {
-            throw TetherError(.storage, "cannot create \(temporary)")
-        }
-        do {
-            let out = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
-            defer { try? out.close() }
+        try AtomicFile.write(to: path, mode: mode) { out in
             for entry in entries {
                 switch entry.source {
                 case .data(let data):
@@ -43,22 +37,11 @@ enum TarArchive {
                     }
                     defer { try? input.close() }
                     try out.write(contentsOf: try header(name: entry.name, mode: entry.mode, size: size, modified: modified))
-                    var left = size
-                    while left > 0 {
-                        let data = try input.read(upToCount: min(chunk, left)) ?? Data()
-                        guard !data.isEmpty else { throw TetherError(.storage, "\(source) shrank while it was archived") }
-                        try out.write(contentsOf: data)
-                        left -= data.count
-                    }
+                    try copy(size, from: input, to: out, shortRead: TetherError(.storage, "\(source) shrank while it was archived"))
                     try out.write(contentsOf: padding(size))
                 }
             }
             try out.write(contentsOf: Data(count: 1024))
-            try out.synchronize()
-            guard rename(temporary, path) == 0 else { throw TetherError(.storage, "cannot rename \(temporary) to \(path): \(String(cString: strerror(errno)))") }
-        } catch {
-            unlink(temporary)
-            throw error
         }
     }
 
@@ -117,25 +100,19 @@ enum TarArchive {
         guard let input = FileHandle(forReadingAtPath: path) else { throw TetherError(.notFound, "cannot read \(path)") }
         defer { try? input.close() }
         try input.seek(toOffset: entry.offset)
-        let temporary = destination + ".partial"
-        guard FileManager.default.createFile(atPath: temporary, contents: nil, attributes: [.posixPermissions: Int(mode)]) else {
-            throw TetherError(.storage, "cannot create \(temporary)")
+        try AtomicFile.write(to: destination, mode: mode) { out in
+            try copy(entry.size, from: input, to: out, shortRead: TetherError(.invalidArgument, "\(path): '\(entry.name)' is cut short (truncated?)"))
         }
-        do {
-            let out = try FileHandle(forWritingTo: URL(fileURLWithPath: temporary))
-            defer { try? out.close() }
-            var left = entry.size
-            while left > 0 {
-                let data = try input.read(upToCount: min(chunk, left)) ?? Data()
-                guard !data.isEmpty else { throw TetherError(.invalidArgument, "\(path): '\(entry.name)' is cut short (truncated?)") }
-                try out.write(contentsOf: data)
-                left -= data.count
-            }
-            try out.synchronize()
-            guard rename(temporary, destination) == 0 else { throw TetherError(.storage, "cannot rename \(temporary): \(String(cString: strerror(errno)))") }
-        } catch {
-            unlink(temporary)
-            throw error
+    }
+
+    /// Copies `count` bytes in chunks of at most 1 MiB.
+    private static func copy(_ count: Int, from input: FileHandle, to output: FileHandle, shortRead: TetherError) throws {
+        var left = count
+        while left > 0 {
+            let data = try input.read(upToCount: min(chunk, left)) ?? Data()
+            guard !data.isEmpty else { throw shortRead }
+            try output.write(contentsOf: data)
+            left -= data.count
         }
     }
 
