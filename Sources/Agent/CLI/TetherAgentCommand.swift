@@ -118,10 +118,82 @@ struct RunCommand: AsyncParsableCommand {
         } else {
             config.kubernetes = KubeConnection.inCluster()
         }
-        try await AgentRuntime.prepare(config, logger: logger)
-        let runtime = try AgentRuntime(configuration: config, logger: logger, signals: [.sigterm, .sigint])
-        try await runtime.run()
+        let configuration = config
+        try await Self.runUntilSignalled(logger: logger) {
+            try await AgentRuntime.prepare(configuration, logger: logger)
+            return try AgentRuntime(configuration: configuration, logger: logger)
+        }
     }
+
+    /// Runs the agent and makes SIGTERM and SIGINT, whenever they come, a clean exit
+    /// (status 0): the signals are trapped before anything else happens, so one that
+    /// arrives while the agent still prepares (reads its Secrets, which may wait on the
+    /// API server) stops that work instead of killing the process; once the runtime
+    /// runs, it is shut down gracefully (the hub link stops, also mid-enrollment).
+    static func runUntilSignalled(logger: Logger, prepare: @escaping @Sendable () async throws -> AgentRuntime) async throws {
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        let phase = Locked(SignalPhase.preparing)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                let runtime: AgentRuntime
+                do {
+                    runtime = try await prepare()
+                } catch {
+                    // Work cut short by the signal is not a failure.
+                    if phase.withLock({ $0 == .stopping }) { return }
+                    throw error
+                }
+                let stopping = phase.withLock { phase in
+                    if phase == .stopping { return true }
+                    phase = .running(runtime)
+                    return false
+                }
+                if stopping { return }
+                try await runtime.run()
+            }
+            group.addTask {
+                for await signal in signals {
+                    logger.notice("stopping", metadata: ["signal": "\(signal)"])
+                    let running = phase.withLock { phase -> AgentRuntime? in
+                        defer { phase = .stopping }
+                        if case .running(let runtime) = phase { return runtime }
+                        return nil
+                    }
+                    if let running {
+                        await running.shutdown()
+                    } else {
+                        throw SignalledWhilePreparing()
+                    }
+                }
+            }
+            do {
+                // The first to finish decides: the agent (it stopped or failed) or a
+                // signal that came before the runtime existed.
+                try await group.next()
+            } catch is SignalledWhilePreparing {
+                group.cancelAll()
+                try? await group.waitForAll()
+                return
+            }
+            group.cancelAll()
+            // The other task, the signal loop, ends when cancelled.
+            try? await group.waitForAll()
+        }
+    }
+
+    /// Where the agent is when a signal comes.
+    enum SignalPhase: Equatable {
+        case preparing, running(AgentRuntime), stopping
+        static func == (a: SignalPhase, b: SignalPhase) -> Bool {
+            switch (a, b) {
+            case (.preparing, .preparing), (.stopping, .stopping): return true
+            case (.running(let x), .running(let y)): return x === y
+            default: return false
+            }
+        }
+    }
+
+    private struct SignalledWhilePreparing: Error {}
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}

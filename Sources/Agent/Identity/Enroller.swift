@@ -40,6 +40,14 @@ struct Enroller {
             if let pinned = failure.error { throw pinned }
             logger.debug("enrollment call failed", metadata: ["code": "\(error.code)", "cause": "\(String(describing: error.cause))"])
             throw TetherError(fromHub: error)
+        } catch {
+            // Cancelled (the agent is stopping) or a transport error before any call:
+            // the hub link's retry loop handles TetherErrors, and sees the shutdown.
+            if let pinned = failure.error { throw pinned }
+            if Task.isCancelled || error is CancellationError {
+                throw TetherError(.unavailable, "enrollment stopped: the agent is shutting down")
+            }
+            throw TetherError(.unavailable, "cannot reach the hub at \(join.hub) to enroll: \(error)")
         }
 
         let certificate = try PKI.certificate(pem: response.certificatePem)

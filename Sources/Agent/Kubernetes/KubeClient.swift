@@ -53,24 +53,33 @@ final class KubeClient: Sendable {
 
     /// Objects of a kind, optionally filtered by a label selector, and the list's resourceVersion.
     func list(_ resource: KubeResource, namespace: String? = nil, labelSelector: String? = nil) async throws -> (items: [[String: Any]], resourceVersion: String) {
-        var path = resource.path(namespace: namespace)
-        if let labelSelector { path += "?labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? labelSelector) }
+        let path = resource.path(namespace: namespace) + KubeResource.query(labelSelector.map { [("labelSelector", $0)] } ?? [])
         let list = try await json(.GET, path)
         let rv = (list["metadata"] as? [String: Any])?["resourceVersion"] as? String ?? ""
         return (list["items"] as? [[String: Any]] ?? [], rv)
     }
 
-    /// Server-side apply (`application/apply-patch+yaml`; JSON is YAML) as `fieldManager`.
-    func apply(_ object: Data, resource: KubeResource, namespace: String?, name: String, fieldManager: String = "tether", force: Bool = true) async throws -> [String: Any] {
-        let path = resource.path(namespace: namespace, name: name) + "?fieldManager=\(fieldManager)" + (force ? "&force=true" : "")
-        return try await json(.PATCH, path, body: object, contentType: "application/apply-patch+yaml")
+    /// Server-side apply (`application/apply-patch+yaml`) as `fieldManager`. `force`
+    /// takes over fields other managers set: only for objects proven Tether's (see
+    /// `OwnedWriter`), never to create one.
+    func apply(_ body: ApplyPatchBody, resource: KubeResource, namespace: String?, name: String, fieldManager: String = "tether", force: Bool) async throws -> [String: Any] {
+        let path = resource.path(namespace: namespace, name: name) + KubeResource.query([("fieldManager", fieldManager)] + (force ? [("force", "true")] : []))
+        return try await json(.PATCH, path, body: body.data, contentType: "application/apply-patch+yaml")
     }
 
-    /// Deletes the object; true if it existed.
+    /// Deletes the object; true if it existed. With `uid` and `resourceVersion` the
+    /// server deletes only that exact version (409 Conflict otherwise).
     @discardableResult
-    func delete(_ resource: KubeResource, namespace: String? = nil, name: String) async throws -> Bool {
+    func delete(_ resource: KubeResource, namespace: String? = nil, name: String, uid: String? = nil, resourceVersion: String? = nil) async throws -> Bool {
+        var body: Data?
+        if uid != nil || resourceVersion != nil {
+            var preconditions: [String: Any] = [:]
+            preconditions["uid"] = uid
+            preconditions["resourceVersion"] = resourceVersion
+            body = try JSONSerialization.data(withJSONObject: ["apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions])
+        }
         do {
-            _ = try await json(.DELETE, resource.path(namespace: namespace, name: name))
+            _ = try await json(.DELETE, resource.path(namespace: namespace, name: name), body: body)
             return true
         } catch let error as KubeAPIError where error.code == 404 {
             return false
@@ -123,12 +132,16 @@ extension KubeClient {
     /// Watches a kind from `resourceVersion`, calling `onEvent` for each event until
     /// the server ends the stream. An `ERROR` event (410 Expired for a too old
     /// resourceVersion) is thrown as `KubeAPIError`, so the caller relists.
-    func watch(_ resource: KubeResource, resourceVersion: String, labelSelector: String? = nil, timeoutSeconds: Int = 300,
+    /// `timeoutSeconds` nil lets the server pick (kube-apiserver: 30 to 60 minutes);
+    /// either way the server ends the stream cleanly and the caller lists again.
+    func watch(_ resource: KubeResource, resourceVersion: String, labelSelector: String? = nil, timeoutSeconds: Int? = nil,
                onEvent: (WatchEvent) async throws -> Void) async throws {
-        var path = resource.path() + "?watch=true&allowWatchBookmarks=false&timeoutSeconds=\(timeoutSeconds)&resourceVersion=\(resourceVersion)"
-        if let labelSelector { path += "&labelSelector=" + (labelSelector.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed) ?? labelSelector) }
-        let request = try request(.GET, path)
-        let response = try await streamingClient.execute(request, timeout: .seconds(Int64(timeoutSeconds + 30)))
+        var query = [("watch", "true"), ("allowWatchBookmarks", "false"), ("resourceVersion", resourceVersion)]
+        if let timeoutSeconds { query.append(("timeoutSeconds", String(timeoutSeconds))) }
+        if let labelSelector { query.append(("labelSelector", labelSelector)) }
+        let request = try request(.GET, resource.path() + KubeResource.query(query))
+        // The deadline covers the response head only; the stream lasts as the server decides.
+        let response = try await streamingClient.execute(request, timeout: .seconds(30))
         guard response.status.code == 200 else {
             let data = Data(buffer: try await response.body.collect(upTo: 1 << 20))
             let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
@@ -172,6 +185,6 @@ extension KubeClient {
             "metadata": ["name": name, "namespace": namespace, "labels": ["app.kubernetes.io/name": "tether-agent"]],
             "data": data.mapValues { $0.base64EncodedString() },
         ]
-        _ = try await apply(try JSONSerialization.data(withJSONObject: secret), resource: .secret, namespace: namespace, name: name)
+        _ = try await apply(try ApplyPatchBody(object: secret), resource: .secret, namespace: namespace, name: name, force: true)
     }
 }

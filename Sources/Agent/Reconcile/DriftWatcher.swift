@@ -17,7 +17,12 @@ final class ReconcileState: Sendable {
 }
 
 /// Watches every managed kind (objects labelled as Tether's) and puts back any
-/// desired object that was edited or deleted by hand, reporting each repair.
+/// desired object that was edited or deleted by hand, reporting each repair. Every
+/// write goes through `OwnedWriter`: an object missing from the labelled list, or
+/// gone from the watch, is read first, re-created only if really absent, and left
+/// alone (reported failed, every time it is looked at) if it exists without
+/// Tether's label. The watch ends when the server says (its timeout, a restart, a
+/// 410): then the watcher lists again, which also catches what changed meanwhile.
 struct DriftWatcher: Service {
     let client: KubeClient
     let state: ReconcileState
@@ -39,26 +44,30 @@ struct DriftWatcher: Service {
         while !Task.isCancelled {
             do {
                 let (items, resourceVersion) = try await client.list(resource, labelSelector: selector)
-                // Desired objects of this kind that are gone (deleted while we were not watching).
-                let present = Set(items.map { Self.key(resource, $0) })
-                for (key, _) in state.desired.value where key.hasPrefix(resource.kind + "/") && !present.contains(key) {
-                    await repair(key, observedResourceVersion: nil, deleted: true)
+                // Everything desired of this kind: what is listed may have been edited,
+                // what is not listed was deleted, unlabelled, or never Tether's.
+                let listed = Dictionary(items.map { (Self.key(resource, $0), $0) }, uniquingKeysWith: { a, _ in a })
+                for key in state.desired.value.keys.sorted() where key.hasPrefix(resource.kind + "/") {
+                    await repair(key, seen: listed[key])
                 }
                 try await client.watch(resource, resourceVersion: resourceVersion, labelSelector: selector) { event in
                     let key = Self.key(resource, event.object)
                     switch event.type {
                     case "MODIFIED":
-                        await repair(key, observedResourceVersion: (event.object["metadata"] as? [String: Any])?["resourceVersion"] as? String, deleted: false)
+                        await repair(key, seen: event.object)
                     case "DELETED":
-                        await repair(key, observedResourceVersion: nil, deleted: true)
+                        // Deleted, or its label taken off (it left the selector): read it again.
+                        await repair(key, seen: nil)
                     default:
                         break
                     }
                 }
+                logger.debug("watch ended by the server; listing again", metadata: ["kind": "\(resource.kind)"])
             } catch is CancellationError {
                 return
             } catch let error as KubeAPIError where error.code == 410 {
-                continue  // too old: list again
+                logger.debug("watch expired; listing again", metadata: ["kind": "\(resource.kind)", "error": "\(error)"])
+                continue
             } catch {
                 if Task.isCancelled { return }
                 logger.warning("watch failed; retrying", metadata: ["kind": "\(resource.kind)", "error": "\(error)"])
@@ -67,23 +76,34 @@ struct DriftWatcher: Service {
         }
     }
 
-    /// Re-applies a desired object. If that changed it (its resourceVersion moved),
-    /// someone had changed or deleted it: report the drift.
-    private func repair(_ key: String, observedResourceVersion: String?, deleted: Bool) async {
+    /// Makes a desired object match again, if it is Tether's or absent, and reports
+    /// what was done: drift put back, or a refusal.
+    private func repair(_ key: String, seen: [String: Any]?) async {
         guard let spec = state.desired.value[key] else { return }
-        let (kind, namespace, name) = spec.summary
-        guard let resource = KubeResource.forKind(kind) else { return }
+        guard let resource = KubeResource.forKind(spec.summary.kind) else { return }
+        let result: AppliedResult
         do {
-            let applied = try await client.apply(spec.json, resource: resource, namespace: namespace, name: name)
-            let newVersion = (applied["metadata"] as? [String: Any])?["resourceVersion"] as? String
-            guard deleted || newVersion != observedResourceVersion else { return }
-            let what = deleted ? "re-created after it was deleted in the cluster" : "reverted a change made in the cluster"
-            logger.notice("drift repaired", metadata: ["object": "\(key)", "bundle": "\(spec.bundle)", "action": "\(what)"])
-            state.driftWriter.yield([AppliedResult(bundle: spec.bundle, object: key, state: .drifted, message: what)])
+            switch try await OwnedWriter(client: client).write(spec, resource: resource, seen: seen) {
+            case .unchanged:
+                return
+            case .created:
+                result = AppliedResult(bundle: spec.bundle, object: key, state: .drifted, message: "re-created after it was deleted in the cluster")
+            case .changed:
+                result = AppliedResult(bundle: spec.bundle, object: key, state: .drifted, message: "reverted a change made in the cluster")
+            case .refused(let message):
+                logger.warning("not repairing an object Tether does not own", metadata: ["object": "\(key)", "bundle": "\(spec.bundle)"])
+                result = AppliedResult(bundle: spec.bundle, object: key, state: .failed, message: message)
+            }
+        } catch is CancellationError {
+            return
         } catch {
             logger.warning("cannot repair drift", metadata: ["object": "\(key)", "error": "\(error)"])
-            state.driftWriter.yield([AppliedResult(bundle: spec.bundle, object: key, state: .failed, message: "drift repair failed: \(error)")])
+            result = AppliedResult(bundle: spec.bundle, object: key, state: .failed, message: "drift repair failed: \(error)")
         }
+        if result.state == .drifted {
+            logger.notice("drift repaired", metadata: ["object": "\(key)", "bundle": "\(spec.bundle)", "action": "\(result.message ?? "")"])
+        }
+        state.driftWriter.yield([result])
     }
 
     static func key(_ resource: KubeResource, _ object: [String: Any]) -> String {

@@ -5,7 +5,8 @@ import Shared
 /// Applies desired states to a real API server: server-side apply under field
 /// manager `tether` in the hub's order (namespaces first, policies before their
 /// bindings), then prunes objects Tether owns that are no longer desired. It never
-/// changes or deletes an object that does not carry Tether's ownership label.
+/// changes or deletes an object that does not carry Tether's ownership label
+/// (`OwnedWriter` decides, from the live object, before every write).
 struct KubernetesApplier: DesiredStateApplier {
     static let managedByLabel = "app.kubernetes.io/managed-by"
     static let bundleAnnotation = "tether.dev/bundle"
@@ -22,20 +23,19 @@ struct KubernetesApplier: DesiredStateApplier {
         var results: [AppliedResult] = []
         var desired = Set<String>()
         for object in objects {
-            let (kind, namespace, name) = object.summary
+            let kind = object.summary.kind
             desired.insert(object.key)
             guard let resource = KubeResource.forKind(kind), KubeResource.managed.contains(resource) else {
                 results.append(AppliedResult(bundle: object.bundle, object: object.key, state: .failed, message: "kind \(kind) is not managed by Tether"))
                 continue
             }
             do {
-                if let existing = try await client.get(resource, namespace: namespace, name: name), !Self.isOwned(existing) {
-                    results.append(AppliedResult(bundle: object.bundle, object: object.key, state: .failed,
-                        message: "\(object.key) already exists and is not managed by Tether (no \(Self.managedByLabel)=tether label); not touching it"))
-                    continue
+                switch try await OwnedWriter(client: client).write(object, resource: resource) {
+                case .refused(let message):
+                    results.append(AppliedResult(bundle: object.bundle, object: object.key, state: .failed, message: message))
+                case .created, .changed, .unchanged:
+                    results.append(AppliedResult(bundle: object.bundle, object: object.key, state: .applied))
                 }
-                _ = try await client.apply(object.json, resource: resource, namespace: namespace, name: name)
-                results.append(AppliedResult(bundle: object.bundle, object: object.key, state: .applied))
             } catch {
                 // One object failing does not stop the others.
                 results.append(AppliedResult(bundle: object.bundle, object: object.key, state: .failed, message: "\(error)"))
@@ -54,7 +54,9 @@ struct KubernetesApplier: DesiredStateApplier {
                     guard !desired.contains(key) else { continue }
                     let bundle = (metadata["annotations"] as? [String: Any])?[Self.bundleAnnotation] as? String ?? ""
                     do {
-                        try await client.delete(resource, namespace: namespace, name: name)
+                        // Only the version seen labelled: a relabelled or re-created object is left alone.
+                        try await client.delete(resource, namespace: namespace, name: name,
+                                                uid: metadata["uid"] as? String, resourceVersion: metadata["resourceVersion"] as? String)
                         logger.info("pruned an object no bundle wants any more", metadata: ["object": "\(key)", "bundle": "\(bundle)"])
                         results.append(AppliedResult(bundle: bundle, object: key, state: .pruned))
                     } catch {

@@ -80,10 +80,25 @@ public enum CertificateChecks {
             return .failure(TetherError(.certificateExpired, "the hub's serving certificate is not valid now (valid \(leaf.notValidBefore) to \(leaf.notValidAfter))"))
         }
         guard names(leaf, host: host) else {
-            return .failure(TetherError(.unauthenticated,
-                "the hub's serving certificate does not cover '\(host)'; restart the hub with --advertise \(host) or join with the hub's advertised name"))
+            // The genuine hub (its CA is pinned) under a name it does not serve: retrying
+            // cannot fix that, so it is a join-string error (fatal), naming what would work.
+            let covered = coveredNames(leaf)
+            return .failure(TetherError(.malformedJoinString,
+                "the join string's hub address '\(host)' is not a name the hub's serving certificate covers (it covers: \(covered.isEmpty ? "no names" : covered.joined(separator: ", "))); join with one of those, or restart the hub with --advertise \(host) and create a new token"))
         }
         return .success(ca)
+    }
+
+    /// The DNS names and IP addresses in the certificate's SANs, as text.
+    public static func coveredNames(_ certificate: Certificate) -> [String] {
+        guard let sans = try? certificate.extensions.subjectAlternativeNames else { return [] }
+        return sans.compactMap { san in
+            switch san {
+            case .dnsName(let name): return name
+            case .ipAddress(let octets): return IPAddressBytes.text(Array(octets.bytes))
+            default: return nil
+            }
+        }
     }
 
     /// Whether the certificate's SANs cover a DNS name or IP address.
@@ -104,8 +119,16 @@ public enum CertificateChecks {
     }
 }
 
-/// Textual IPv4/IPv6 addresses to their network byte order.
+/// Textual IPv4/IPv6 addresses to their network byte order and back.
 public enum IPAddressBytes {
+    /// `192.0.2.1` or `2001:db8::1` for 4 or 16 bytes; nil for any other length.
+    public static func text(_ bytes: [UInt8]) -> String? {
+        guard bytes.count == 4 || bytes.count == 16 else { return nil }
+        var buffer = ByteBufferAllocator().buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        return (try? SocketAddress(packedIPAddress: buffer, port: 0))?.ipAddress
+    }
+
     public static func parse(_ text: String) -> [UInt8]? {
         if let v4 = try? SocketAddress(ipAddress: text, port: 0) {
             switch v4 {

@@ -50,6 +50,9 @@ final class ObjectStore: Sendable {
         var oldestWatchable = 0
         var watchers: [UUID: Watcher] = [:]
         var tokens: [String: String] = [:]
+        /// False while the emulator is stopped or restarting: a watch that arrives
+        /// then ends at once, as the connection it came on is closing.
+        var serving = true
     }
 
     let state = Mutex(State())
@@ -219,6 +222,10 @@ final class ObjectStore: Sendable {
         let (stream, continuation) = AsyncStream<JSON>.makeStream()
         let id = UUID()
         state.withLock { s in
+            guard s.serving else {
+                continuation.finish()
+                return
+            }
             if let rv = resourceVersion {
                 if rv < s.oldestWatchable {
                     let error = EmulatorError.expired("too old resource version: \(rv) (\(s.oldestWatchable))")
@@ -254,12 +261,26 @@ final class ObjectStore: Sendable {
 
     /// Ends every open watch (on shutdown).
     func closeWatches() {
-        let watchers = state.withLock { s in
+        for w in removeWatchers() { w.continuation.finish() }
+    }
+
+    /// Sends every open watch the ERROR event 410 Expired and ends it.
+    func expireWatches() {
+        let error = EmulatorError.expired("The resourceVersion for the provided watch is too old.")
+        for w in removeWatchers() {
+            w.continuation.yield(["type": "ERROR", "object": error.status])
+            w.continuation.finish()
+        }
+    }
+
+    func setServing(_ serving: Bool) { state.withLock { $0.serving = serving } }
+
+    private func removeWatchers() -> [Watcher] {
+        state.withLock { s in
             let all = s.watchers.values
             s.watchers.removeAll()
             return Array(all)
         }
-        for w in watchers { w.continuation.finish() }
     }
 }
 

@@ -56,9 +56,12 @@ final class APIHandler: Sendable {
     let discovery: [String: Data]
     let openAPI: [String: Data]
     let adminToken: String
+    /// kube-apiserver's `--min-request-timeout`: how long a watch without `timeoutSeconds` may last (randomly up to twice it).
+    let minRequestTimeout: Duration
 
-    init(store: ObjectStore, discovery: [String: Data], openAPI: [String: Data], adminToken: String) {
+    init(store: ObjectStore, discovery: [String: Data], openAPI: [String: Data], adminToken: String, minRequestTimeout: Duration = .seconds(1800)) {
         self.store = store
+        self.minRequestTimeout = minRequestTimeout
         self.discovery = discovery
         self.openAPI = openAPI
         self.adminToken = adminToken
@@ -178,7 +181,10 @@ final class APIHandler: Sendable {
 
     private func body(_ r: APIRequest, yaml: Bool = false) throws(EmulatorError) -> JSON {
         let parsed: JSON
-        do { parsed = yaml ? try JSON.parseJSONOrYAML(r.body) : try JSON.parse(r.body) } catch {
+        // Apply bodies go through the server's YAML 1.1 decoder even when they are JSON.
+        let looksLikeJSON = r.body.first(where: { ![0x20, 0x09, 0x0A, 0x0D].contains($0) }) == UInt8(ascii: "{")
+        let source = yaml && looksLikeJSON ? try YAML11.readJSONBody(r.body) : r.body
+        do { parsed = yaml ? try JSON.parseJSONOrYAML(source) : try JSON.parse(source) } catch {
             throw .badRequest("the body of the request could not be decoded: \(error)")
         }
         guard parsed.objectValue != nil else { throw .badRequest("the body of the request is not an object") }
@@ -276,7 +282,11 @@ final class APIHandler: Sendable {
             guard let n = Int(rv) else { throw .badRequest("resourceVersion: Invalid value: \"\(rv)\": must be a non-negative integer") }
             after = n
         }
-        let timeout = r.query["timeoutSeconds"].flatMap(Int.init).map { Duration.seconds($0) }
+        // As endpoints/handlers/get.go: the client's timeoutSeconds, else (or if 0) a
+        // random time in [minRequestTimeout, 2 x minRequestTimeout), so that watches
+        // of many clients do not all end together.
+        var timeout = Duration.seconds(max(0, r.query["timeoutSeconds"].flatMap(Int.init) ?? 0))
+        if timeout == .zero { timeout = minRequestTimeout * Double.random(in: 1..<2) }
         let (stream, cancel) = store.watch(filter, after: after)
         return .watch(stream, cancel: cancel, timeout: timeout)
     }

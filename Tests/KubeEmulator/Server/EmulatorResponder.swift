@@ -10,7 +10,8 @@ struct EmulatorResponder: HTTPResponder {
     func respond(to request: Request, context: Context) async throws -> Response {
         let body = try await request.body.collect(upTo: 32 << 20)
         let api = APIRequest(
-            method: request.method.rawValue, path: request.uri.path, query: APIRequest.parseQuery(request.uri.query),
+            // Go's net/http hands the API server the decoded path (`%2F` becomes a `/`, so it splits segments there too).
+            method: request.method.rawValue, path: request.uri.path.removingPercentEncoding ?? request.uri.path, query: APIRequest.parseQuery(request.uri.query),
             contentType: request.headers[.contentType], userAgent: request.headers[.userAgent],
             authorization: request.headers[.authorization], body: Data(body.readableBytesView))
         switch handler.handle(api) {
