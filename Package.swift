@@ -115,6 +115,7 @@ let package = Package(
         .target(
             name: "KubeEmulator",
             dependencies: [
+                "TestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "X509", package: "swift-certificates"),

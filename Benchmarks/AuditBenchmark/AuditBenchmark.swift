@@ -29,8 +29,9 @@ struct AuditBenchmark {
         let batch = Int(options["batch"] ?? "400")!
         let concurrency = Int(options["concurrency"] ?? "8")!
         let bin = options["bin"] ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        // The real API server's webhook bodies, kept in the repository (Tests/Fixtures).
         let fixtures = options["fixtures"] ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-            .appendingPathComponent("../../../shared/fixtures/audit/webhook").standardized.path
+            .appendingPathComponent("../../Tests/Fixtures/audit/webhook").standardized.path
         let batches = totalEvents / batch
 
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("tether-bench-\(getpid())").path
@@ -171,6 +172,9 @@ struct AuditBenchmark {
     }
 
     static func realEvents(in dir: String) throws -> [Data] {
+        guard FileManager.default.fileExists(atPath: dir) else {
+            throw BenchError("fixtures missing: \(dir) (pass --fixtures DIR with the API server's webhook bodies)")
+        }
         var events: [Data] = []
         for name in try FileManager.default.contentsOfDirectory(atPath: dir).sorted() where name.hasSuffix(".json") {
             let body = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + name))
@@ -181,6 +185,7 @@ struct AuditBenchmark {
                 events.append(try JSONSerialization.data(withJSONObject: copy, options: [.sortedKeys, .withoutEscapingSlashes]))
             }
         }
+        guard !events.isEmpty else { throw BenchError("no webhook bodies (*.json) in \(dir)") }
         return events
     }
 

@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTLS
 import Logging
 import ServiceLifecycle
+import TestSupport
 import X509
 
 /// An in-memory Kubernetes API server for tests: HTTPS on 127.0.0.1 with a port the
@@ -52,7 +53,7 @@ public final class KubeEmulator: Sendable {
         let pki = try ServingPKI()
         let token = "emulator-" + UUID().uuidString.lowercased()
         let store = ObjectStore(historyLimit: historyLimit)
-        let handler = APIHandler(store: store, discovery: try Fixtures.discovery(), openAPI: Fixtures.openAPI(), adminToken: token)
+        let handler = APIHandler(store: store, discovery: try FixtureDocuments.discovery(), openAPI: try FixtureDocuments.openAPI(), adminToken: token)
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             _ = handler.handle(APIRequest(method: "POST", path: "/api/v1/namespaces", query: [:], contentType: "application/json",
                                           userAgent: "kube-apiserver/v1.36.2", authorization: "Bearer \(token)",
@@ -178,30 +179,23 @@ public final class KubeEmulator: Sendable {
 }
 
 /// The fixture documents captured from a real API server, served as they are.
-enum Fixtures {
-    /// `<repo>/../shared/fixtures`, found from this file's path.
-    static var directory: URL {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("shared/fixtures")
-    }
-
+enum FixtureDocuments {
     /// Discovery documents by URL path (`api_v1.json` serves `/api/v1`).
     static func discovery() throws -> [String: Data] {
-        let dir = directory.appendingPathComponent("kube/discovery")
-        var result: [String: Data] = [:]
-        for file in try FileManager.default.contentsOfDirectory(atPath: dir.path) where file.hasSuffix(".json") {
-            let path = "/" + file.dropLast(5).replacingOccurrences(of: "_", with: "/")
-            result[path] = try Data(contentsOf: dir.appendingPathComponent(file))
-        }
-        return result
+        try byName(in: "kube/discovery", prefix: "/")
     }
 
     /// OpenAPI v3 documents by group-version path (`apis/rbac.authorization.k8s.io/v1`).
-    static func openAPI() -> [String: Data] {
-        let dir = directory.appendingPathComponent("openapi")
+    static func openAPI() throws -> [String: Data] {
+        try byName(in: "openapi", prefix: "")
+    }
+
+    /// The folder's documents keyed by file name with `_` read as `/`.
+    private static func byName(in folder: String, prefix: String) throws -> [String: Data] {
         var result: [String: Data] = [:]
-        for file in (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? [] where file.hasSuffix(".json") {
-            result[file.dropLast(5).replacingOccurrences(of: "_", with: "/")] = try? Data(contentsOf: dir.appendingPathComponent(file))
+        for url in try Fixtures.files(in: folder) {
+            let name = url.lastPathComponent.dropLast(5).replacingOccurrences(of: "_", with: "/")
+            result[prefix + name] = try Data(contentsOf: url)
         }
         return result
     }

@@ -1,16 +1,16 @@
 import Foundation
 import KubeEmulator
+import TestSupport
 import Testing
 
 @Suite struct DiscoveryTests {
     @Test func servesTheCapturedDiscoveryDocuments() async throws {
-        let dir = FixtureFiles.kube.appendingPathComponent("discovery")
-        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".json") }
+        let files = try Fixtures.files(in: "kube/discovery")
         #expect(files.count >= 7)
         try await withEmulator { _, client in
             for file in files {
-                let path = "/" + file.dropLast(5).replacingOccurrences(of: "_", with: "/")
-                let expected = try JSON.parse(Data(contentsOf: dir.appendingPathComponent(file)))
+                let path = "/" + file.lastPathComponent.dropLast(5).replacingOccurrences(of: "_", with: "/")
+                let expected = try JSON.parse(Data(contentsOf: file))
                 let got = try await client.json("GET", path)
                 #expect(got.code == 200, "\(path)")
                 #expect(got.json == expected, "\(path)")

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import TestSupport
 import KubeEmulator
 import NIOCore
 import NIOFoundationCompat
@@ -73,12 +74,8 @@ func withEmulator(_ body: (KubeEmulator, EmulatorClient) async throws -> Void) a
     await emulator.stop()
 }
 
-/// `../shared/fixtures/kube` beside the repository.
+/// The request/response pairs captured from a real API server (`Tests/Fixtures/kube`).
 enum FixtureFiles {
-    static var kube: URL {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("shared/fixtures/kube")
-    }
 
     struct Case {
         let method: String, path: String, contentType: String, body: String
@@ -87,7 +84,7 @@ enum FixtureFiles {
     }
 
     static func status(_ name: String) throws -> Case {
-        let json = try JSON.parse(Data(contentsOf: kube.appendingPathComponent("status/\(name).json")))
+        let json = try JSON.parse(Fixtures.data("kube/status/\(name).json"))
         let r = json["request"]!
         return Case(method: r["method"]!.string!, path: r["path"]!.string!, contentType: r["contentType"]?.string ?? "application/json",
                     body: r["body"]?.string ?? "", status: json["status"]!.intValue!, response: json["response"]!)

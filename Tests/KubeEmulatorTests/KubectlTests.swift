@@ -5,11 +5,10 @@ import TestSupport
 
 /// The real kubectl against the emulator.
 @Suite(.serialized) struct KubectlTests {
-    static let kubectl = "/usr/bin/kubectl"
 
     static func run(_ kubeconfig: String, _ arguments: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
         let verbose = ProcessInfo.processInfo.environment["KUBECTL_TRACE"] != nil ? ["-v=6"] : []
-        let result = try await runCommand(kubectl, ["--kubeconfig", kubeconfig] + verbose + arguments, environment: ["HOME": FileManager.default.temporaryDirectory.path])
+        let result = try await runCommand(try Tools.kubectl(), ["--kubeconfig", kubeconfig] + verbose + arguments, environment: ["HOME": FileManager.default.temporaryDirectory.path])
         if !verbose.isEmpty { print("kubectl \(arguments.joined(separator: " ")):\n\(result.stderr)") }
         return result
     }
@@ -124,7 +123,7 @@ import TestSupport
             let config = dir.sub("kubeconfig")
             try emulator.writeKubeconfig(to: config)
             try emulator.put(["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "before", "namespace": "default"]])
-            let watch = try ChildProcess(Self.kubectl, ["--kubeconfig", config, "get", "configmaps", "--watch", "-o", "json"],
+            let watch = try ChildProcess(try Tools.kubectl(), ["--kubeconfig", config, "get", "configmaps", "--watch", "-o", "json"],
                                          environment: ["HOME": FileManager.default.temporaryDirectory.path])
             try await watch.waitForOutput(containing: "\"name\": \"before\"")
             try emulator.put(["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "during", "namespace": "default"], "data": ["k": "v"]])

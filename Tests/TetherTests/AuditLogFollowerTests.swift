@@ -9,7 +9,7 @@ import Testing
 /// real log backend's output.
 @Suite struct AuditLogFollowerTests {
     static func realLines() throws -> [Data] {
-        let url = AuditTests.fixtures.appendingPathComponent("log/audit.log")
+        let url = try Fixtures.url("audit/log/audit.log")
         return try Data(contentsOf: url).split(separator: UInt8(ascii: "\n")).map { Data($0) }
     }
 

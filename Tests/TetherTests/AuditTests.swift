@@ -12,14 +12,8 @@ import X509
 /// The audit pipeline end to end on loopback: the real API server's webhook bodies
 /// posted over HTTPS to a real agent, forwarded over its channel to a real hub.
 @Suite struct AuditTests {
-    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-        .appendingPathComponent("../../../shared/fixtures/audit").standardized
-
     static func webhookFixtures() throws -> [(name: String, body: Data)] {
-        let dir = fixtures.appendingPathComponent("webhook")
-        return try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".json") }.sorted().map {
-            ($0, try Data(contentsOf: dir.appendingPathComponent($0)))
-        }
+        try Fixtures.files(in: "audit/webhook").map { ($0.lastPathComponent, try Data(contentsOf: $0)) }
     }
 
     static func items(_ body: Data) throws -> [[String: Any]] {
@@ -103,7 +97,7 @@ import X509
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
         // The webhook bodies through the webhook, the log backend's file through --audit-log-file.
-        let logFile = Self.fixtures.appendingPathComponent("log/audit.log").path
+        let logFile = try Fixtures.url("audit/log/audit.log").path
         let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true, auditLogFile: logFile)
         var expected: [String: [String: Any]] = [:]
         let logLines = try AuditLogFollowerTests.realLines()

@@ -135,7 +135,7 @@ import Testing
             #expect(emulator.object(.clusterRoles, name: "view-pods")?[path: ["metadata", "labels", "app.kubernetes.io/managed-by"]]?.string == "tether")
 
             // A hand edit with the real kubectl is put back and reported.
-            let patch = try await runCommand("/usr/bin/kubectl", [
+            let patch = try await runCommand(try Tools.kubectl(), [
                 "--kubeconfig", dir.sub("kubeconfig"), "patch", "clusterrole", "view-pods", "--type=merge",
                 "-p", #"{"rules":[{"apiGroups":[""],"resources":["secrets"],"verbs":["*"]}]}"#,
             ], environment: ["HOME": dir.path])

@@ -1,5 +1,5 @@
 """Validates Kubernetes objects against the OpenAPI v3 documents a real
-kube-apiserver serves (../shared/fixtures/openapi), strictly: an unknown field is an
+kube-apiserver serves (Tests/Fixtures/openapi), strictly: an unknown field is an
 error (as `kubectl apply --validate=strict` and server-side field validation make
 it), as are a wrong type, a missing required field and a value outside an enum."""
 import copy

