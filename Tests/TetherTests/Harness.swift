@@ -30,7 +30,8 @@ final class TestHub: Sendable {
         listenPort: Int = 0,
         certificateLifetime: Duration = .seconds(3600),
         heartbeatInterval: Duration = .seconds(10),
-        clock: HubClock = HubClock()
+        clock: HubClock = HubClock(),
+        connectionLimits: ConnectionLimits = .defaults
     ) async throws -> TestHub {
         var config = HubConfiguration()
         config.dataDirectory = dataDir
@@ -39,6 +40,7 @@ final class TestHub: Sendable {
         config.advertise = ["127.0.0.1"]
         config.certificateLifetime = certificateLifetime
         config.heartbeatInterval = heartbeatInterval
+        config.connectionLimits = connectionLimits
         let server = try HubServer(configuration: config, clock: clock, logger: testLogger)
         let task = Task { try await server.run() }
         let agent = await server.agentAddress
@@ -83,9 +85,11 @@ final class TestAgent: Sendable {
 
     var link: HubLink { runtime.link }
 
-    static func start(stateDir: String, join: JoinString?, audit: Bool = false, spoolLimit: Int64 = 1 << 30, auditLogFile: String? = nil) throws -> TestAgent {
+    static func start(stateDir: String, join: JoinString?, audit: Bool = false, spoolLimit: Int64 = 1 << 30, auditLogFile: String? = nil,
+                      health: Bool = false, connectionLimits: ConnectionLimits = .defaults) throws -> TestAgent {
         var config = AgentConfiguration(stateDirectory: stateDir, joinString: join)
-        config.healthListen = nil
+        config.healthListen = health ? HostPort(host: "127.0.0.1", port: 0) : nil
+        config.connectionLimits = connectionLimits
         config.auditListen = audit ? HostPort(host: "127.0.0.1", port: 0) : nil
         config.auditSpoolMax = spoolLimit
         config.auditLogFile = auditLogFile

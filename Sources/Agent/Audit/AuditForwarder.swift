@@ -27,6 +27,8 @@ struct AuditForwarder: ChannelParticipant {
         var options = CallOptions.defaults
         options.compression = .gzip
         options.waitForReady = false
+        options.maxRequestMessageBytes = WireLimits.maxMessageBytes
+        options.maxResponseMessageBytes = WireLimits.maxMessageBytes
         try await Tether_V1_AgentLink.Client(wrapping: client).streamAudit(
             options: options,
             requestProducer: { writer in

@@ -1,5 +1,7 @@
 import Foundation
+import Logging
 import Prometheus
+import Shared
 
 /// The agent's Prometheus metrics, served on its health listener's `/metrics`.
 final class AgentMetrics: Sendable {
@@ -36,6 +38,11 @@ final class AgentMetrics: Sendable {
     }
 
     func auditRejected(_ reason: String) { rejected(reason).increment() }
+
+    /// A listener's connection guard, its refusals counted here.
+    func connectionGuard(listener: String, limits: ConnectionLimits, logger: Logger) -> ConnectionGuard {
+        .counted(listener: listener, limits: limits, registry: registry, logger: logger)
+    }
 
     func exposition(spool: AuditSpool? = nil) -> String {
         if let spool {

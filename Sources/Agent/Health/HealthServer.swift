@@ -6,7 +6,8 @@ import Shared
 /// Plain-HTTP `/healthz` (the process is up), `/readyz` (an identity is loaded) and
 /// `/metrics`, for kubelet probes and Prometheus inside the cluster.
 enum HealthServer {
-    static func make(listen: HostPort, link: HubLink, metrics: AgentMetrics, spool: AuditSpool? = nil, onBound: @escaping @Sendable (SocketAddress) -> Void) -> some Service {
+    static func make(listen: HostPort, link: HubLink, metrics: AgentMetrics, spool: AuditSpool? = nil, guard: ConnectionGuard,
+                     onBound: @escaping @Sendable (SocketAddress) -> Void) -> some Service {
         let router = Router()
         router.get("/healthz") { _, _ in "ok\n" }
         router.get("/readyz") { _, _ -> Response in
@@ -20,6 +21,7 @@ enum HealthServer {
         }
         return Application(
             router: router,
+            server: .guardedHTTP1(guard: `guard`),
             configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "tether-agent"),
             onServerRunning: { channel in
                 if let address = channel.localAddress { onBound(address) }

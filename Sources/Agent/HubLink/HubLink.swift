@@ -131,6 +131,11 @@ final class HubLink: Service, Sendable {
         let current = Locked(identity)
         var options = CallOptions.defaults
         options.waitForReady = false
+        // The desired state can be large (up to WireLimits.maxDesiredStateBytes).
+        // grpc-swift-nio-transport 2.9 limits what the client decodes by the
+        // request limit, so both are set.
+        options.maxRequestMessageBytes = WireLimits.maxMessageBytes
+        options.maxResponseMessageBytes = WireLimits.maxMessageBytes
         outboxWriter.yield(.with {
             $0.hello = .with {
                 $0.protocolVersion = ProtocolVersion.current

@@ -27,6 +27,9 @@ struct AgentConfiguration: Sendable {
     /// Keep the audit webhook's token and CA in this Secret (in the pod's namespace) too.
     var auditSecret: String?
     var auditNames = AuditEndpoint.defaultNames(namespace: ProcessInfo.processInfo.environment["POD_NAMESPACE"])
+    /// Handshake and first-bytes deadlines and the pending-connection cap on the
+    /// audit webhook and health listeners.
+    var connectionLimits = ConnectionLimits.defaults
 }
 
 /// The agent process: the hub link (with the audit forwarder on its channel), the
@@ -77,7 +80,8 @@ final class AgentRuntime: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let listen = c.healthListen {
             let bound = healthAddress
-            services.append(.init(service: HealthServer.make(listen: listen, link: link, metrics: metrics, spool: spool) { address in
+            let guarded = metrics.connectionGuard(listener: "health", limits: c.connectionLimits, logger: logger)
+            services.append(.init(service: HealthServer.make(listen: listen, link: link, metrics: metrics, spool: spool, guard: guarded) { address in
                 bound.set(address)
                 logger.notice("health endpoint listening", metadata: ["address": "\(address)"])
             }))
@@ -88,7 +92,8 @@ final class AgentRuntime: Sendable {
             let bound = auditAddress
             services.append(.init(service: Application(
                 router: AuditReceiver.makeRouter(spool: spool, token: endpoint.token, metrics: metrics, logger: logger),
-                server: try .tls(tlsConfiguration: endpoint.tlsConfiguration()),
+                server: .guardedTLS(try endpoint.tlsConfiguration(),
+                                    guard: metrics.connectionGuard(listener: "audit", limits: c.connectionLimits, logger: logger)),
                 configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: "tether-agent-audit"),
                 onServerRunning: { channel in
                     guard let address = channel.localAddress else { return }

@@ -1,4 +1,6 @@
+import Logging
 import Prometheus
+import Shared
 
 /// The hub's Prometheus metrics, served on the admin listener's `/metrics`.
 /// Each hub owns its registry, so several hubs can run in one test process.
@@ -21,6 +23,11 @@ final class HubMetrics: Sendable {
         rpcRefusals = registry.makeCounter(name: "tether_agent_rpc_refusals_total", help: "Agent RPCs refused for a revoked, unknown or wrong certificate.")
         auditEventsStored = registry.makeCounter(name: "tether_audit_events_ingested_total", help: "Audit events received from agents and the hub itself.")
         agentsConnected.set(Int64(0))
+    }
+
+    /// A listener's connection guard, its refusals counted here.
+    func connectionGuard(listener: String, limits: ConnectionLimits, logger: Logger) -> ConnectionGuard {
+        .counted(listener: listener, limits: limits, registry: registry, logger: logger)
     }
 
     /// The Prometheus text exposition.

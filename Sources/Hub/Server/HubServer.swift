@@ -19,6 +19,9 @@ struct HubConfiguration: Sendable {
     var certificateLifetime: Duration = .seconds(24 * 3600)
     var heartbeatInterval: Duration = .seconds(10)
     var auditRetention: Duration = .seconds(90 * 86_400)
+    /// Handshake and first-bytes deadlines and the cap on connections that have
+    /// not yet proven themselves, on the agent and admin listeners alike.
+    var connectionLimits = ConnectionLimits.defaults
 
     static var defaultAdvertise: [String] {
         var names: [String] = []
@@ -54,7 +57,8 @@ final class HubServer: Sendable {
         self.core = core
         self.directory = directory
 
-        let gateway = AgentGatewayService(core: core, directory: directory, listen: configuration.listen, logger: logger)
+        let gateway = try AgentGatewayService(core: core, directory: directory, listen: configuration.listen,
+                                              limits: configuration.connectionLimits, logger: logger)
         self.gateway = gateway
 
         let readiness = self.readiness
@@ -62,7 +66,8 @@ final class HubServer: Sendable {
         let adminListen = configuration.adminListen
         let admin = Application(
             router: AdminServer.makeRouter(core: core, readiness: readiness),
-            server: try .tls(tlsConfiguration: AdminServer.tlsConfiguration(directory: directory)),
+            server: .guardedTLS(try AdminServer.tlsConfiguration(directory: directory),
+                                guard: core.metrics.connectionGuard(listener: "admin", limits: configuration.connectionLimits, logger: logger)),
             configuration: .init(address: .hostname(adminListen.host, port: adminListen.port), serverName: "tether-hub"),
             onServerRunning: { channel in
                 guard let bound = channel.localAddress else { return }
@@ -114,34 +119,36 @@ final class HubServer: Sendable {
 /// agent-link services behind `AgentAuthInterceptor`.
 final class AgentGatewayService: Service, Sendable {
     let core: HubCore
-    let server: GRPCServer<HTTP2ServerTransport.Posix>
+    let server: GRPCServer<GuardedServerTransport>
     let boundAddress = AsyncValue<NIOCore.SocketAddress>()
     let logger: Logger
 
-    init(core: HubCore, directory: DataDirectory, listen: HostPort, logger: Logger) {
+    init(core: HubCore, directory: DataDirectory, listen: HostPort, limits: ConnectionLimits, logger: Logger) throws {
         self.core = core
         self.logger = logger
         let metrics = core.metrics
-        let transport = HTTP2ServerTransport.Posix(
-            address: .ipv4OrV6(listen),
-            transportSecurity: TLSProfiles.hubListener(
-                servingChainPEM: [(try? PKI.pem(directory.servingCertificate)) ?? "", (try? PKI.pem(directory.ca.certificate)) ?? ""],
+        var config = HTTP2ServerTransport.Posix.Config.defaults
+        config.compression.enabledAlgorithms = .all
+        // Audit batches of up to 10,000 events (~8 MB before compression) and
+        // desired states up to WireLimits.maxDesiredStateBytes.
+        config.rpc.maxRequestPayloadSize = WireLimits.maxMessageBytes
+        config.http2.targetWindowSize = 8 << 20
+        // Agents keep one channel open for days; keep it alive through idle NATs.
+        config.connection.maxIdleTime = nil
+        config.connection.keepalive.clientBehavior.allowWithoutCalls = true
+        config.connection.keepalive.clientBehavior.minPingIntervalWithoutCalls = .seconds(5)
+        let transport = try GuardedServerTransport(
+            host: listen.host, port: listen.port,
+            tls: TLSProfiles.hubListener(
+                servingChainPEM: [try PKI.pem(directory.servingCertificate), try PKI.pem(directory.ca.certificate)],
                 servingKeyPEM: directory.servingKeyPEM,
-                ca: directory.ca.certificate,
-                onRefusal: { why in
-                    metrics.handshakeRefusals.increment()
-                    logger.warning("agent TLS handshake refused", metadata: ["reason": "\(why)"])
-                }),
-            config: .defaults { config in
-                config.compression.enabledAlgorithms = .all
-                // Audit batches of up to 10,000 events (~8 MB before compression).
-                config.rpc.maxRequestPayloadSize = 32 << 20
-                config.http2.targetWindowSize = 8 << 20
-                // Agents keep one channel open for days; keep it alive through idle NATs.
-                config.connection.maxIdleTime = nil
-                config.connection.keepalive.clientBehavior.allowWithoutCalls = true
-                config.connection.keepalive.clientBehavior.minPingIntervalWithoutCalls = .seconds(5)
-            })
+                ca: directory.ca.certificate),
+            verification: CertificateChecks.hubListenerCallback(ca: directory.ca.certificate) { why in
+                metrics.handshakeRefusals.increment()
+                logger.warning("agent TLS handshake refused", metadata: ["reason": "\(why)"])
+            },
+            config: config,
+            guard: metrics.connectionGuard(listener: "agent", limits: limits, logger: logger))
         server = GRPCServer(
             transport: transport,
             services: [EnrollmentService(core: core), AgentLinkService(core: core)],
@@ -167,10 +174,6 @@ final class AgentGatewayService: Service, Sendable {
 }
 
 extension GRPCNIOTransportCore.SocketAddress {
-    static func ipv4OrV6(_ hp: HostPort) -> Self {
-        hp.host.contains(":") ? .ipv6(host: hp.host, port: hp.port) : .ipv4(host: hp.host, port: hp.port)
-    }
-
     var ipv4OrIPv6: NIOCore.SocketAddress? {
         if let v4 = ipv4 { return try? .init(ipAddress: v4.host, port: v4.port) }
         if let v6 = ipv6 { return try? .init(ipAddress: v6.host, port: v6.port) }

@@ -117,6 +117,16 @@ extension HubDatabase {
                 }
             }
             objects.sort { ($0.order, $0.key) < ($1.order, $1.key) }
+            // One message must carry it to the agent: refuse here, inside the
+            // transaction, so nothing of the change is stored.
+            let size = WireLimits.desiredStateBytes(objects: objects.lazy.map { ($0.bundle, $0.json.count) })
+            guard size <= WireLimits.maxDesiredStateBytes else {
+                throw TetherError(.invalidArgument, """
+                    cluster \(cluster.name)'s desired state would be \(WireLimits.describe(size)), over the \
+                    \(WireLimits.describe(WireLimits.maxDesiredStateBytes)) one message to its agent can carry; \
+                    split the bundles or narrow their cluster selectors
+                    """)
+            }
             var hasher = SHA256()
             for object in objects {
                 hasher.update(data: Data(object.bundle.utf8))

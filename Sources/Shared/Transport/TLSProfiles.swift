@@ -7,21 +7,32 @@ import X509
 
 /// The transport security of each Tether gRPC connection, in one place.
 public enum TLSProfiles {
-    /// The hub's agent listener: TLS 1.2+ and a client certificate on every
-    /// connection, checked by `CertificateChecks.hubListenerCallback`.
-    public static func hubListener(
-        servingChainPEM: [String], servingKeyPEM: String, ca: Certificate,
-        onRefusal: @escaping @Sendable (String) -> Void
-    ) -> HTTP2ServerTransport.Posix.TransportSecurity {
-        .mTLS(
-            certificateChain: servingChainPEM.map { .bytes(Array($0.utf8), format: .pem) },
-            privateKey: .bytes(Array(servingKeyPEM.utf8), format: .pem)
-        ) { config in
-            config.clientCertificateVerification = .noHostnameVerification
-            let caPEM = (try? PKI.pem(ca)) ?? ""
-            config.trustRoots = .certificates([.bytes(Array(caPEM.utf8), format: .pem)])
-            config.customVerificationCallback = CertificateChecks.hubListenerCallback(ca: ca, onRefusal: onRefusal)
-        }
+    /// What every Tether listener offers under TLS 1.2: ECDHE key exchange with
+    /// AES-GCM or ChaCha20-Poly1305 only (no CBC, no SHA-1 MACs, no static RSA).
+    /// TLS 1.3 suites are all AEAD and stay as BoringSSL has them.
+    public static let tls12CipherSuites: [NIOTLSCipher] = [
+        .TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, .TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        .TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        .TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, .TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        .TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
+
+    /// Hardens a server configuration: TLS 1.2 at least, and `tls12CipherSuites`.
+    public static func harden(_ tls: inout TLSConfiguration) {
+        tls.minimumTLSVersion = .tlsv12
+        tls.cipherSuiteValues = tls12CipherSuites
+    }
+
+    /// The hub's agent listener: TLS 1.2+ (hardened) and a client certificate on
+    /// every connection, checked by `CertificateChecks.hubListenerCallback`.
+    public static func hubListener(servingChainPEM: [String], servingKeyPEM: String, ca: Certificate) throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeServerConfiguration(
+            certificateChain: try servingChainPEM.map { .certificate(try NIOSSLCertificate(bytes: Array($0.utf8), format: .pem)) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(servingKeyPEM.utf8), format: .pem)))
+        tls.certificateVerification = .noHostnameVerification
+        tls.trustRoots = .certificates([try NIOSSLCertificate(bytes: Array(try PKI.pem(ca).utf8), format: .pem)])
+        harden(&tls)
+        return tls
     }
 
     /// An enrolled agent's channel: its own certificate, the stored hub CA as the
