@@ -143,8 +143,10 @@ import Testing
             try await eventually("edit reverted") {
                 emulator.object(.clusterRoles, name: "view-pods")?[path: ["rules"]]?.arrayValue?.first?["resources"]?.arrayValue?.first?.string == "pods"
             }
-            try await eventually("drift reported") { try hub.core.policyStatus(bundle: "readonly").first?.state == "drifted" }
-            #expect(try hub.core.policyStatus(bundle: "readonly").first?.message?.contains("ClusterRole/view-pods") == true)
+            // Repaired: in sync again, with the repair kept as the last drift.
+            try await eventually("drift reported") { try hub.core.policyStatus(bundle: "readonly").first?.lastDrift != nil }
+            #expect(try hub.core.policyStatus(bundle: "readonly").first?.state == "in-sync")
+            #expect(try hub.core.policyStatus(bundle: "readonly").first?.lastDrift?.object == "ClusterRole/view-pods")
 
             // A hand delete is re-created.
             try emulator.delete(.clusterRoles, name: "view-pods")

@@ -20,6 +20,11 @@ extension AdminServer {
         var resources: Int
         var clusters: [String]
         var updatedAt: Date
+        /// The bundle's `spec.allowPrivileged`.
+        var allowPrivileged: Bool
+        /// What makes it privileged (empty for most bundles), e.g.
+        /// "ClusterRoleBinding/ops binds cluster-admin".
+        var privilegedGrants: [String]
         var document: String?
     }
 
@@ -94,9 +99,12 @@ extension AdminServer {
             let document = try JSONSerialization.jsonObject(with: entry.document) as! [String: Any]
             let spec = document["spec"] as? [String: Any] ?? [:]
             let selector = try JSONDecoder().decode(LabelSelector.self, from: JSONSerialization.data(withJSONObject: spec["clusterSelector"] ?? [:]))
+            let resources = spec["resources"] as? [Any] ?? []
             return BundleView(
-                name: entry.name, clusterSelector: selector, resources: (spec["resources"] as? [Any])?.count ?? 0,
+                name: entry.name, clusterSelector: selector, resources: resources.count,
                 clusters: clusters.filter { selector.matches($0.labels) }.map(\.name), updatedAt: entry.updatedAt,
+                allowPrivileged: spec["allowPrivileged"] as? Bool ?? false,
+                privilegedGrants: PrivilegeCheck.grants(in: resources).map { "\($0.object) \($0.reason)" },
                 document: includeDocument ? String(decoding: entry.document, as: UTF8.self) : nil)
         }
     }

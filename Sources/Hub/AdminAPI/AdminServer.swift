@@ -43,7 +43,8 @@ enum AdminServer {
         }
         v1.post("tokens") { request, context -> Response in
             let body = try await request.decode(as: CreateTokenRequest.self, context: context)
-            let ttl = body.ttlSeconds.map { Duration.milliseconds(Int64($0 * 1000)) }
+            // Checked before conversion: a JSON number such as 1e19 does not fit an Int64.
+            let ttl = try body.ttlSeconds.map { try DurationParser.duration(seconds: $0, field: "ttlSeconds") }
             let (record, join) = try core.createToken(cluster: try ClusterName(body.cluster), ttl: ttl)
             return try json(CreatedToken(token: TokenView(record: record, now: core.clock.now()), joinString: join.encoded), status: .created)
         }
@@ -103,6 +104,13 @@ struct ErrorMappingMiddleware<Context: RequestContext>: RouterMiddleware {
             throw APIError(error)
         } catch let error as DecodingError {
             throw APIError(TetherError(.invalidArgument, "request body is not valid JSON for this call: \(error)"))
+        } catch is NIOTooManyBytesError {
+            // Hummingbird stops collecting a body at the context's limit; say which.
+            let limit = context.maxUploadSize
+            throw APIError(TetherError(.payloadTooLarge, """
+                the request body is over the admin API's limit of \(ByteCount.format(limit)) (\(limit) bytes); \
+                send fewer or smaller policy files per call
+                """))
         } catch let error as HTTPResponseError {
             throw error
         } catch {
@@ -112,6 +120,13 @@ struct ErrorMappingMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
+extension TetherError.Code {
+    /// A request body over the admin API's limit (413).
+    static let payloadTooLarge = TetherError.Code("payload-too-large")
+}
+
+/// A `TetherError` at the admin API's edge: its code picks the HTTP status, and
+/// the body is `ErrorBody`.
 struct APIError: HTTPResponseError {
     let error: TetherError
     init(_ error: TetherError) { self.error = error }
@@ -123,6 +138,7 @@ struct APIError: HTTPResponseError {
         case .alreadyExists, .tokenUsed, .clusterRevoked: .conflict
         case .unauthenticated: .unauthorized
         case .unavailable: .serviceUnavailable
+        case .payloadTooLarge: .contentTooLarge
         default: .internalServerError
         }
     }

@@ -128,6 +128,9 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 try core.database.recordPolicyReport(cluster: cluster.rawValue, revision: report.revision, results: results, now: core.clock.now())
                 for result in results where result.state == "drifted" {
                     logger.notice("drift reverted in cluster", metadata: ["object": "\(result.object)", "bundle": "\(result.bundle)"])
+                    // The status row keeps only the last drift; the audit log keeps every one.
+                    core.audit(HubAction(verb: "repair", resource: "policyobjects", name: result.object, user: "agent:\(cluster)", code: 200,
+                                         message: "cluster \(cluster), bundle \(result.bundle): \(result.message ?? "repaired drift")"))
                 }
             default:
                 throw RPCError(code: .failedPrecondition, message: "the first message on a channel must be Hello")

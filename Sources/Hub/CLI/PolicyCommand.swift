@@ -43,7 +43,14 @@ struct PolicyCommand: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List bundles and the clusters each selects.")
+        static let configuration = CommandConfiguration(
+            abstract: "List bundles and the clusters each selects.",
+            discussion: """
+                PRIVILEGED is yes for a bundle that grants cluster-admin, a role with every verb on \
+                every resource, or access for system:anonymous, system:unauthenticated or \
+                system:authenticated (allowed only with spec.allowPrivileged: true); the json output \
+                has allowPrivileged and privilegedGrants (what each such grant is).
+                """)
         @Option(help: "table or json.") var output: OutputFormat = .table
         @OptionGroup var admin: AdminOptions
 
@@ -53,8 +60,9 @@ struct PolicyCommand: AsyncParsableCommand {
             case .json:
                 print(String(decoding: try JSONEncoder.tether.encode(bundles), as: UTF8.self))
             case .table:
-                print(Table.render(["NAME", "OBJECTS", "CLUSTERS", "UPDATED"], bundles.map {
-                    [$0.name, "\($0.resources)", $0.clusters.isEmpty ? "-" : $0.clusters.joined(separator: ","), Table.date($0.updatedAt)]
+                print(Table.render(["NAME", "OBJECTS", "PRIVILEGED", "CLUSTERS", "UPDATED"], bundles.map {
+                    [$0.name, "\($0.resources)", $0.privilegedGrants.isEmpty ? "no" : "yes",
+                     $0.clusters.isEmpty ? "-" : $0.clusters.joined(separator: ","), Table.date($0.updatedAt)]
                 }))
             }
         }
@@ -95,7 +103,8 @@ struct PolicyCommand: AsyncParsableCommand {
 
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Per matching cluster: desired and observed revision, and in-sync, pending, drifted or failed (with the API server's message).")
+            abstract: "Per matching cluster: desired and observed revision, and in-sync, pending or failed (with the API server's message).",
+            discussion: "LAST DRIFT is the most recent change made in the cluster that the agent put back (object, when, what was done); the object is in sync again.")
         @Argument(help: "Bundle name.") var name: String
         @Option(help: "table or json.") var output: OutputFormat = .table
         @OptionGroup var admin: AdminOptions
@@ -108,8 +117,9 @@ struct PolicyCommand: AsyncParsableCommand {
                 encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
                 print(String(decoding: try encoder.encode(rows), as: UTF8.self))
             case .table:
-                print(Table.render(["CLUSTER", "DESIRED", "OBSERVED", "STATUS", "MESSAGE"], rows.map {
-                    [$0.cluster, "\($0.desiredRevision)", $0.observedRevision.map { "\($0)" } ?? "-", $0.state, $0.message ?? ""]
+                print(Table.render(["CLUSTER", "DESIRED", "OBSERVED", "STATUS", "LAST DRIFT", "MESSAGE"], rows.map {
+                    [$0.cluster, "\($0.desiredRevision)", $0.observedRevision.map { "\($0)" } ?? "-", $0.state,
+                     $0.lastDrift.map { "\($0.object) at \(Table.date($0.at)): \($0.action)" } ?? "-", $0.message ?? ""]
                 }))
             }
         }

@@ -13,7 +13,10 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: """
             The first start creates, in the data dir (mode 0700): a CA, the hub's serving \
             certificate, the SQLite database and admin-credentials.json for the CLI. Later \
-            starts reuse them. SIGTERM closes agent channels and exits 0.
+            starts reuse them. Only one hub may use a data dir at a time (it holds \
+            an flock on DIR/hub.lock); the hub refuses to start when its keys or \
+            credential file can be read by group or others, or when the dir belongs \
+            to another user. SIGTERM closes agent channels and exits 0.
             """)
 
     @Option(help: ArgumentHelp("Directory for the CA, keys, database and credentials.", valueName: "dir"))
@@ -68,6 +71,10 @@ struct ServeCommand: AsyncParsableCommand {
         umask(0o077)
         LogSetup.bootstrap(level: logLevel)
         let logger = Logger(label: "tether.hub")
+        // Before anything in the dir is read or written: a second hub on the same dir
+        // stops here, and the first one's database and credential file stay as they are.
+        let lock = try DataDirectoryLock.acquire(dataDir: dataDir)
+        defer { lock.release() }
         let hub = try HubServer(configuration: try parsed(), logger: logger, signals: [.sigterm, .sigint])
         try await hub.run()
         logger.notice("hub stopped")

@@ -49,7 +49,8 @@ extension HubCore {
             let observed = try database.observedRevision(cluster.name)
             let results = try database.objectStatuses(cluster: cluster.name, bundle: bundle)
             let failed = results.filter { $0.state == "failed" }
-            let drifted = results.filter { $0.state == "drifted" }
+            // A repaired drift leaves the object in sync; the most recent one is shown.
+            let lastDrift = results.compactMap(\.lastDrift).max { $0.at < $1.at }
             let state: String
             var message: String?
             if let first = failed.first {
@@ -57,14 +58,11 @@ extension HubCore {
                 message = "\(first.object): \(first.message ?? "failed")" + (failed.count > 1 ? " (+\(failed.count - 1) more)" : "")
             } else if observed != desired.revision {
                 state = "pending"
-            } else if let first = drifted.first {
-                state = "drifted"
-                message = "\(first.object): \(first.message ?? "changed in the cluster") (put back)"
             } else {
                 state = "in-sync"
             }
             rows.append(PolicyStatusRow(cluster: cluster.name, desiredRevision: desired.revision, observedRevision: observed,
-                                        state: state, objects: mine.count, message: message, results: results))
+                                        state: state, objects: mine.count, message: message, lastDrift: lastDrift, results: results))
         }
         return rows
     }
@@ -78,5 +76,7 @@ struct PolicyStatusRow: Codable, Sendable {
     var state: String
     var objects: Int
     var message: String?
+    /// The most recent drift the agent repaired among this bundle's objects.
+    var lastDrift: LastDrift?
     var results: [ObjectResult]
 }

@@ -18,6 +18,10 @@ struct PolicyBundle: Sendable, Equatable {
     var name: String
     var clusterSelector: LabelSelector
     var resources: [PolicyObject]
+    /// `spec.allowPrivileged`: the operator's explicit consent to what
+    /// `PrivilegeCheck` refuses otherwise (cluster-admin, wildcard roles, bindings
+    /// for every caller).
+    var allowPrivileged = false
 
     /// The bundle as canonical JSON (sorted keys): what is stored and hashed.
     func canonicalJSON() throws -> Data {
@@ -25,7 +29,8 @@ struct PolicyBundle: Sendable, Equatable {
         let selector = try JSONSerialization.jsonObject(with: JSONEncoder.sorted.encode(clusterSelector))
         return try JSONSerialization.data(withJSONObject: [
             "apiVersion": "tether.dev/v1", "kind": "PolicyBundle", "metadata": ["name": name],
-            "spec": ["clusterSelector": selector, "resources": objects],
+            // allowPrivileged only when set, so bundles stored before it existed keep their bytes.
+            "spec": ["clusterSelector": selector, "resources": objects].merging(allowPrivileged ? ["allowPrivileged": true] : [:]) { a, _ in a },
         ], options: [.sortedKeys, .withoutEscapingSlashes])
     }
 }
@@ -81,11 +86,27 @@ enum ManagedKind: String, CaseIterable, Sendable {
 /// Reads policy bundle files, refusing anything the hub would not apply, with an
 /// error that names the file, the object and (for YAML errors) the line.
 enum PolicyParser {
+    /// The largest policy file accepted. Bundles are RBAC and admission policy,
+    /// a few KiB each; a megabyte is hundreds of objects, and a cap keeps one request
+    /// from holding the hub's memory.
+    static let maxFileBytes = 1 << 20
+
     static func parse(yaml: String, file: String) throws -> [PolicyBundle] {
+        let size = yaml.utf8.count
+        guard size <= maxFileBytes else {
+            throw TetherError(.invalidArgument,
+                "\(file): line 1: the file is \(ByteCount.format(size)); a policy file may be at most \(ByteCount.format(maxFileBytes)) (split the bundles over several files)")
+        }
         var documents: [Node] = []
         do {
             let parser = try Parser(yaml: yaml)
-            while let node = try parser.nextRoot() { documents.append(node) }
+            while let node = try parser.nextRoot() {
+                // Before anything expands the document: an alias bomb composes cheaply
+                // (shared nodes) but turns into gigabytes as a dictionary. Anchors are
+                // held weakly by the nodes and owned by the parser, so it must live.
+                try withExtendedLifetime(parser) { try refuseAliases(node, file: file) }
+                documents.append(node)
+            }
         } catch let error as YamlError {
             throw TetherError(.invalidArgument, "\(file): \(describe(error))")
         }
@@ -104,6 +125,36 @@ enum PolicyParser {
             if seen[bundle.name] == 2 { throw TetherError(.invalidArgument, "\(file): bundle \(bundle.name) is defined twice") }
         }
         return bundles
+    }
+
+    /// Refuses YAML aliases (`*name`, and `<<: *name` merges). Yams resolves an
+    /// alias to the very node it names, anchor included, so a second visit to the
+    /// same anchor object is an alias. The walk stops there, so it never expands
+    /// what an alias bomb would. Anchors used once are harmless and allowed.
+    static func refuseAliases(_ root: Node, file: String) throws {
+        var seen = Set<ObjectIdentifier>()
+        func walk(_ node: Node, _ path: String) throws {
+            if let anchor = node.anchor, !seen.insert(ObjectIdentifier(anchor)).inserted {
+                let line = node.mark?.line ?? 1
+                throw TetherError(.invalidArgument, """
+                    \(file): line \(line): \(path.isEmpty ? "document" : path): YAML aliases are not allowed in policy bundles \
+                    (*\(anchor.rawValue) repeats the value anchored as &\(anchor.rawValue) on line \(line)); write the value out in full
+                    """)
+            }
+            switch node {
+            case .mapping(let mapping):
+                for (key, value) in mapping {
+                    let name = key.string ?? "?"
+                    try walk(key, path)
+                    try walk(value, path.isEmpty ? name : path + "." + name)
+                }
+            case .sequence(let sequence):
+                for (i, item) in sequence.enumerated() { try walk(item, path + "[\(i)]") }
+            case .scalar, .alias:
+                break
+            }
+        }
+        try walk(root, "")
     }
 
     static func describe(_ error: YamlError) -> String {
@@ -145,6 +196,12 @@ enum PolicyParser {
         } catch {
             throw fail("\(label): spec.clusterSelector is not a valid LabelSelector (matchLabels, matchExpressions with key, operator In|NotIn|Exists|DoesNotExist, values)")
         }
+        let allowPrivileged: Bool
+        switch spec["allowPrivileged"] {
+        case nil: allowPrivileged = false
+        case let flag as Bool: allowPrivileged = flag
+        default: throw fail("\(label): spec.allowPrivileged must be true or false")
+        }
         guard let resources = spec["resources"] as? [Any] else { throw fail("\(label): spec.resources must be a list of Kubernetes objects") }
         let resourceNodes = resourceLines(of: node)
         var objects: [PolicyObject] = []
@@ -155,7 +212,11 @@ enum PolicyParser {
             guard keys.insert(object.key).inserted else { throw fail("\(label): \(object.key) appears twice", at: at) }
             objects.append(object)
         }
-        return PolicyBundle(name: name, clusterSelector: selector, resources: objects)
+        if !allowPrivileged, let grant = PrivilegeCheck.grants(in: resources).first {
+            let at = resourceNodes.indices.contains(grant.index) ? resourceNodes[grant.index] : line
+            throw fail("\(label): resources[\(grant.index)] (\(grant.object)): \(grant.reason); a bundle may grant this only with spec.allowPrivileged: true", at: at)
+        }
+        return PolicyBundle(name: name, clusterSelector: selector, resources: objects, allowPrivileged: allowPrivileged)
     }
 
     /// The line of each item under spec.resources, for error messages.
@@ -192,6 +253,9 @@ enum PolicyParser {
         } else if namespace != nil {
             throw fail("\(what): \(kind.rawValue) is cluster-scoped; remove metadata.namespace")
         }
+        if kind == .clusterRoleBinding || kind == .roleBinding {
+            if let problem = bindingProblem(object, kind: kind) { throw fail("\(what): \(problem)") }
+        }
         for field in ["resourceVersion", "uid", "managedFields", "creationTimestamp", "generation"] where metadata[field] != nil {
             throw fail("\(what): metadata.\(field) is set by the API server; remove it")
         }
@@ -208,6 +272,123 @@ enum PolicyParser {
               let json = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
         else { throw fail("\(what): contains values that are not JSON (dates or binary); quote them") }
         return PolicyObject(apiVersion: kind.apiVersion, kind: kind.rawValue, namespace: kind.isNamespaced ? namespace : nil, name: name, json: json)
+    }
+}
+
+extension PolicyParser {
+    static let rbacGroup = "rbac.authorization.k8s.io"
+
+    /// What the API server's RBAC validation (pkg/apis/rbac/validation) refuses in a
+    /// binding's roleRef and subjects, after the v1 defaults (an empty apiGroup
+    /// becomes rbac.authorization.k8s.io for roleRef, User and Group): caught at
+    /// apply, with the file and line, instead of as a failure in every cluster.
+    static func bindingProblem(_ object: [String: Any], kind: ManagedKind) -> String? {
+        guard let roleRef = object["roleRef"] as? [String: Any] else { return "roleRef is required" }
+        let refGroup = roleRef["apiGroup"] as? String ?? ""
+        if !refGroup.isEmpty && refGroup != rbacGroup { return "roleRef.apiGroup must be \(rbacGroup)" }
+        let refKind = roleRef["kind"] as? String ?? ""
+        let allowedKinds = kind == .clusterRoleBinding ? ["ClusterRole"] : ["Role", "ClusterRole"]
+        guard allowedKinds.contains(refKind) else {
+            return "roleRef.kind must be \(allowedKinds.joined(separator: " or ")) for a \(kind.rawValue), got '\(refKind)'"
+        }
+        guard let refName = roleRef["name"] as? String, !refName.isEmpty else { return "roleRef.name is required" }
+        if let problem = KubeNames.pathSegment(refName) { return "roleRef.name '\(refName)': \(problem)" }
+        let list: [Any]
+        switch object["subjects"] {
+        case nil, is NSNull: list = []
+        case let items as [Any]: list = items
+        default: return "subjects must be a list"
+        }
+        for (i, item) in list.enumerated() {
+            guard let subject = item as? [String: Any] else { return "subjects[\(i)] must be a mapping" }
+            let subjectKind = subject["kind"] as? String ?? ""
+            guard let name = subject["name"] as? String, !name.isEmpty else { return "subjects[\(i)].name is required" }
+            let group = subject["apiGroup"] as? String ?? ""
+            switch subjectKind {
+            case "ServiceAccount":
+                if let problem = KubeNames.dns1123Subdomain(name) { return "subjects[\(i)].name '\(name)': \(problem)" }
+                if !group.isEmpty { return "subjects[\(i)].apiGroup must be empty for a ServiceAccount" }
+                let namespace = subject["namespace"] as? String ?? ""
+                if namespace.isEmpty {
+                    if kind == .clusterRoleBinding { return "subjects[\(i)].namespace is required for a ServiceAccount in a ClusterRoleBinding" }
+                } else if let problem = KubeNames.dns1123Label(namespace) {
+                    return "subjects[\(i)].namespace '\(namespace)': \(problem)"
+                }
+            case "User", "Group":
+                if !group.isEmpty && group != rbacGroup { return "subjects[\(i)].apiGroup must be \(rbacGroup) for a \(subjectKind)" }
+            default:
+                return "subjects[\(i)].kind must be User, Group or ServiceAccount, got '\(subjectKind)'"
+            }
+        }
+        return nil
+    }
+}
+
+/// One reason a bundle is privileged.
+struct PrivilegedGrant: Sendable, Equatable {
+    /// Index in spec.resources.
+    var index: Int
+    /// `Kind/name` or `Kind/namespace/name`.
+    var object: String
+    var reason: String
+}
+
+/// The guard rail on what a bundle may grant without `spec.allowPrivileged: true`:
+/// access for every caller (`system:anonymous`, `system:unauthenticated`,
+/// `system:authenticated`), `cluster-admin`, and roles that allow every verb on
+/// every resource (defined as such, or bound). One mistaken bundle would otherwise
+/// open every cluster it selects.
+enum PrivilegeCheck {
+    static let everyone: Set<String> = ["system:anonymous", "system:unauthenticated", "system:authenticated"]
+
+    /// The grants among a bundle's resources (as written or as stored), in order.
+    static func grants(in resources: [Any]) -> [PrivilegedGrant] {
+        let objects = resources.map { $0 as? [String: Any] ?? [:] }
+        func metadata(_ o: [String: Any]) -> (name: String, namespace: String?) {
+            let m = o["metadata"] as? [String: Any] ?? [:]
+            return (m["name"] as? String ?? "?", m["namespace"] as? String)
+        }
+        func key(_ o: [String: Any]) -> String {
+            let m = metadata(o)
+            return [o["kind"] as? String ?? "?", m.namespace, m.name].compactMap { $0 }.joined(separator: "/")
+        }
+        // Roles of this bundle that allow every verb on every resource.
+        var wildcard = Set<String>()
+        for o in objects where ["ClusterRole", "Role"].contains(o["kind"] as? String ?? "") && allowsEverything(o) {
+            wildcard.insert(key(o))
+        }
+        var found: [PrivilegedGrant] = []
+        for (i, o) in objects.enumerated() {
+            let kind = o["kind"] as? String ?? ""
+            if kind == "ClusterRole", wildcard.contains(key(o)) {
+                found.append(PrivilegedGrant(index: i, object: key(o), reason: "allows every verb (*) on every resource (*)"))
+            }
+            guard kind == "ClusterRoleBinding" || kind == "RoleBinding" else { continue }
+            let roleRef = o["roleRef"] as? [String: Any] ?? [:]
+            let refKind = roleRef["kind"] as? String ?? ""
+            let refName = roleRef["name"] as? String ?? ""
+            let refKey = refKind == "Role" ? "Role/\(metadata(o).namespace ?? "")/\(refName)" : "ClusterRole/\(refName)"
+            if refKind == "ClusterRole" && refName == "cluster-admin" {
+                found.append(PrivilegedGrant(index: i, object: key(o), reason: "binds cluster-admin"))
+            } else if wildcard.contains(refKey) {
+                found.append(PrivilegedGrant(index: i, object: key(o), reason: "binds \(refKey), which allows every verb on every resource"))
+            }
+            for subject in o["subjects"] as? [Any] ?? [] {
+                guard let subject = subject as? [String: Any], ["User", "Group"].contains(subject["kind"] as? String ?? ""),
+                      let name = subject["name"] as? String, everyone.contains(name) else { continue }
+                found.append(PrivilegedGrant(index: i, object: key(o), reason: "grants \(refKey) to \(name), which is every caller\(name == "system:authenticated" ? " with any credential" : " without one")"))
+            }
+        }
+        return found
+    }
+
+    /// Whether a role has a rule with `*` among its verbs and `*` among its resources.
+    static func allowsEverything(_ role: [String: Any]) -> Bool {
+        (role["rules"] as? [Any] ?? []).contains { rule in
+            guard let rule = rule as? [String: Any] else { return false }
+            return (rule["verbs"] as? [Any] ?? []).contains { $0 as? String == "*" }
+                && (rule["resources"] as? [Any] ?? []).contains { $0 as? String == "*" }
+        }
     }
 }
 

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Logging
 import Shared
+import Synchronization
 import X509
 
 /// The hub's data directory: created on first start (mode 0700, keys 0600), reused
@@ -27,6 +28,8 @@ struct DataDirectory {
             try fm.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             logger.info("created data dir", metadata: ["path": "\(path)"])
         }
+        try checkOwnership(path)
+        try checkSecretModes(path)
         try fm.setAttributes([.posixPermissions: 0o700], ofItemAtPath: path)
 
         let caCertPath = path + "/ca.crt", caKeyPath = path + "/ca.key"
@@ -81,6 +84,54 @@ struct DataDirectory {
         return DataDirectory(path: path, ca: ca, servingCertificate: serving!, servingKeyPEM: servingKeyPEM!)
     }
 
+    /// The files that hold secrets: the CA's and the hub's private keys and the
+    /// operator's bearer token.
+    static let secretFiles = ["ca.key", "hub.key", "admin-credentials.json"]
+
+    /// Refuses a data dir that belongs to another user: this process would either
+    /// fail half-way through writing to it, or (as root) leave files its real owner
+    /// cannot read. Names the `chown` that fixes it.
+    static func checkOwnership(_ path: String) throws {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw TetherError(.storage, "cannot inspect data dir \(path): \(String(cString: strerror(errno)))")
+        }
+        let me = geteuid()
+        guard info.st_uid == me else {
+            throw TetherError(.storage, """
+                data dir \(path) belongs to \(userName(info.st_uid)), but this hub runs as \(userName(me)); \
+                run the hub as \(userName(info.st_uid)), or give the dir to this user: chown -R \(userName(me, forCommand: true)) \(shellQuoted(path))
+                """)
+        }
+    }
+
+    /// Refuses private keys and the credential file when group or others may read
+    /// them: a secret that has been readable by others cannot be trusted, and the
+    /// operator should know. Names the `chmod` that fixes it.
+    static func checkSecretModes(_ path: String) throws {
+        var exposed: [(file: String, mode: mode_t)] = []
+        for name in secretFiles {
+            var info = stat()
+            let file = path + "/" + name
+            guard stat(file, &info) == 0 else { continue }  // created later, 0600
+            if info.st_mode & 0o077 != 0 { exposed.append((file, info.st_mode & 0o777)) }
+        }
+        guard exposed.isEmpty else {
+            let list = exposed.map { "\($0.file) (mode \(String($0.mode, radix: 8)))" }.joined(separator: ", ")
+            throw TetherError(.storage, """
+                \(list) can be read by group or others; the hub will not use exposed secrets. \
+                Restrict them, then consider rotating what may have leaked: chmod 600 \(exposed.map { shellQuoted($0.file) }.joined(separator: " "))
+                """)
+        }
+    }
+
+    private static func userName(_ uid: uid_t, forCommand: Bool = false) -> String {
+        if let entry = getpwuid(uid), let name = entry.pointee.pw_name {
+            return forCommand ? String(cString: name) : "user \(String(cString: name)) (uid \(uid))"
+        }
+        return forCommand ? "\(uid)" : "uid \(uid)"
+    }
+
     /// Writes the operator credential file (0600) for an admin API at `server`,
     /// keeping the existing token when there is one. Returns the token's hash, which
     /// is all the database keeps.
@@ -110,4 +161,74 @@ func writeSecret(_ text: String, to path: String) throws {
 
 func writeFile(_ text: String, to path: String, mode: mode_t) throws {
     try AtomicFile.write(Data(text.utf8), to: path, mode: mode)
+}
+
+/// Quotes a path for a shell command the operator can paste.
+func shellQuoted(_ text: String) -> String {
+    let safe = text.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "/._-+=:@,".unicodeScalars.contains($0) }
+    return safe && !text.isEmpty ? text : "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
+
+/// An exclusive `flock` on the data dir's `hub.lock`, held for the life of
+/// `tether-hub serve`, so that a second hub started on the same dir refuses to
+/// start (naming the first one's PID) instead of sharing its database and
+/// rewriting its credential file. The kernel drops the lock when the process
+/// exits, however it exits, so a crash never leaves a stale lock.
+final class DataDirectoryLock: Sendable {
+    let path: String
+    private let descriptor: Mutex<Int32>
+
+    private init(path: String, descriptor: Int32) {
+        self.path = path
+        self.descriptor = Mutex(descriptor)
+    }
+
+    /// Takes the lock (creating the data dir, 0700, when it does not exist yet),
+    /// or throws naming the process that holds it. Never waits.
+    static func acquire(dataDir: String) throws -> DataDirectoryLock {
+        let fm = FileManager.default
+        if !fm.fileExists(atPath: dataDir) {
+            try fm.createDirectory(atPath: dataDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        }
+        try DataDirectory.checkOwnership(dataDir)
+        let path = dataDir + "/hub.lock"
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw TetherError(.storage, "cannot open \(path): \(String(cString: strerror(errno)))")
+        }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let failure = errno
+            var holder = ""
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let count = pread(fd, &buffer, buffer.count, 0)
+            if count > 0 { holder = String(decoding: buffer[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) }
+            close(fd)
+            guard failure == EWOULDBLOCK else {
+                throw TetherError(.storage, "cannot lock \(path): \(String(cString: strerror(failure)))")
+            }
+            let who = Int32(holder).map { "pid \($0)" } ?? "a process that is still starting"
+            throw TetherError(.unavailable, """
+                data dir \(dataDir) is in use by another tether-hub (\(who), holding \(path)); \
+                stop that hub first, or give this one its own --data-dir
+                """)
+        }
+        // Who holds it, for the refusal above; the lock itself is the flock.
+        let pid = Array("\(getpid())\n".utf8)
+        guard ftruncate(fd, 0) == 0, pwrite(fd, pid, pid.count, 0) == pid.count else {
+            let failure = String(cString: strerror(errno))
+            close(fd)
+            throw TetherError(.storage, "cannot write \(path): \(failure)")
+        }
+        return DataDirectoryLock(path: path, descriptor: fd)
+    }
+
+    /// Releases the lock; later calls do nothing.
+    func release() {
+        descriptor.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
+    }
+
+    deinit { release() }
 }

@@ -39,6 +39,23 @@ extension HubDatabase {
         }
     }
 
+    /// A repaired drift is history, not a state: the object is in sync again, and
+    /// the row remembers when and what was put back. Rows stored as `drifted`
+    /// before this migration become exactly that.
+    static func registerLastDriftMigration(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v4-policy-last-drift") { db in
+            try db.alter(table: "objectStatuses") { t in
+                t.add(column: "lastDriftAt", .datetime)
+                t.add(column: "lastDriftMessage", .text)
+            }
+            try db.execute(sql: """
+                UPDATE objectStatuses SET state = 'applied', lastDriftAt = updatedAt,
+                    lastDriftMessage = COALESCE(message, 'repaired in the cluster'), message = NULL
+                WHERE state = 'drifted'
+                """)
+        }
+    }
+
     /// Stores bundles (replacing same-named ones) and recompiles every cluster in
     /// the same transaction, after checking that no cluster would get the same
     /// object from two bundles. Returns the clusters whose desired state changed.
@@ -151,21 +168,37 @@ extension HubDatabase {
 
     /// What an agent reported for a revision.
     func recordPolicyReport(cluster: String, revision: UInt64, results: [ObjectResult], now: Date) throws {
+        // The revision comes from the agent; SQLite integers are signed 64-bit, and
+        // Int64(_:) traps on a larger value.
+        guard let storedRevision = Int64(exactly: revision) else {
+            throw TetherError(.invalidArgument, "policy report for revision \(revision), which the hub never issued")
+        }
         try writer.write { db in
             try db.execute(sql: """
                 INSERT INTO observedStates (cluster, revision, updatedAt) VALUES (?, ?, ?)
                 ON CONFLICT(cluster) DO UPDATE SET revision = excluded.revision, updatedAt = excluded.updatedAt
-                """, arguments: [cluster, Int64(revision), now])
+                """, arguments: [cluster, storedRevision, now])
             for result in results {
                 if result.state == "pruned" {
                     try db.execute(sql: "DELETE FROM objectStatuses WHERE cluster = ? AND object = ?", arguments: [cluster, result.object])
+                    continue
+                }
+                if result.state == "drifted" {
+                    // The agent reports drift once it has put the object back: in sync
+                    // again, with the repair kept as the row's last drift.
+                    try db.execute(sql: """
+                        INSERT INTO objectStatuses (cluster, object, bundle, revision, state, message, updatedAt, lastDriftAt, lastDriftMessage)
+                        VALUES (?, ?, ?, ?, 'applied', NULL, ?, ?, ?)
+                        ON CONFLICT(cluster, object) DO UPDATE SET bundle = excluded.bundle, revision = excluded.revision, state = 'applied',
+                            message = NULL, updatedAt = excluded.updatedAt, lastDriftAt = excluded.lastDriftAt, lastDriftMessage = excluded.lastDriftMessage
+                        """, arguments: [cluster, result.object, result.bundle, storedRevision, now, now, result.message ?? "repaired in the cluster"])
                     continue
                 }
                 try db.execute(sql: """
                     INSERT INTO objectStatuses (cluster, object, bundle, revision, state, message, updatedAt) VALUES (?, ?, ?, ?, ?, ?, ?)
                     ON CONFLICT(cluster, object) DO UPDATE SET bundle = excluded.bundle, revision = excluded.revision, state = excluded.state,
                         message = excluded.message, updatedAt = excluded.updatedAt
-                    """, arguments: [cluster, result.object, result.bundle, Int64(revision), result.state, result.message, now])
+                    """, arguments: [cluster, result.object, result.bundle, storedRevision, result.state, result.message, now])
             }
         }
     }
@@ -176,9 +209,15 @@ extension HubDatabase {
 
     func objectStatuses(cluster: String, bundle: String) throws -> [ObjectResult] {
         try writer.read { db in
-            try Row.fetchAll(db, sql: "SELECT object, bundle, revision, state, message FROM objectStatuses WHERE cluster = ? AND bundle = ? ORDER BY object",
-                             arguments: [cluster, bundle]).map {
-                ObjectResult(bundle: $0["bundle"], object: $0["object"], state: $0["state"], message: $0["message"], revision: UInt64($0["revision"] as Int64))
+            try Row.fetchAll(db, sql: """
+                SELECT object, bundle, revision, state, message, lastDriftAt, lastDriftMessage FROM objectStatuses
+                WHERE cluster = ? AND bundle = ? ORDER BY object
+                """, arguments: [cluster, bundle]).map { row in
+                let object: String = row["object"]
+                let driftAt: Date? = row["lastDriftAt"]
+                return ObjectResult(bundle: row["bundle"], object: object, state: row["state"], message: row["message"],
+                                    revision: UInt64(row["revision"] as Int64),
+                                    lastDrift: driftAt.map { LastDrift(object: object, at: $0, action: row["lastDriftMessage"] ?? "repaired in the cluster") })
             }
         }
     }
@@ -220,4 +259,14 @@ struct ObjectResult: Codable, Sendable, Equatable {
     var state: String
     var message: String?
     var revision: UInt64?
+    /// The last drift the agent repaired on this object, kept across later reports.
+    var lastDrift: LastDrift? = nil
+}
+
+/// A drift the agent found and repaired: which object, when the hub heard of it,
+/// and what was done ("reverted a change made in the cluster").
+struct LastDrift: Codable, Sendable, Equatable {
+    var object: String
+    var at: Date
+    var action: String
 }

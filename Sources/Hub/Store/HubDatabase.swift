@@ -93,6 +93,7 @@ final class HubDatabase: Sendable {
         }
         registerAuditMigrations(&m)
         registerPolicyMigrations(&m)
+        registerLastDriftMigration(&m)
         return m
     }
 
