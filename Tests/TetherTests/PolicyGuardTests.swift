@@ -185,6 +185,26 @@ import Testing
         #expect(try PolicyParser.parse(yaml: anchorOnly, file: "f.yaml").first?.resources.count == 2)
     }
 
+    @Test func deepNestingIsRefusedOrParsedNeverCrashes() throws {
+        func nested(_ depth: Int) -> String {
+            Self.bundle("""
+                - apiVersion: rbac.authorization.k8s.io/v1
+                  kind: ClusterRole
+                  metadata: {name: deep}
+                  rules: [{apiGroups: [""], resources: [pods], verbs: [get]}]
+                  x-deep: \(String(repeating: "[", count: depth))1\(String(repeating: "]", count: depth))
+            """)
+        }
+        // libyaml stops at 1,000 levels; below that the recursive composers must not
+        // run out of stack on the cooperative pool's threads.
+        let tooDeep = Self.refusal(nested(5000))
+        #expect(tooDeep.hasPrefix("bundles/ops.yaml: line 15") && tooDeep.contains("invalid YAML"), "\(tooDeep)")
+        let deep = Self.refusal(nested(990))
+        #expect(deep.hasPrefix("bundles/ops.yaml: line 15: spec.resources[1].x-deep[0][0]"), "\(deep)")
+        #expect(deep.contains("nested deeper than 64 levels"), "\(deep)")
+        #expect(try PolicyParser.parse(yaml: nested(50), file: "f.yaml").first?.resources.count == 2)
+    }
+
     @Test func oversizedFilesAreRefusedWithTheLimit() throws {
         let padding = String(repeating: "# padding to make the file large\n", count: (PolicyParser.maxFileBytes / 32) + 1)
         let message = Self.refusal(Self.bundle(Self.binding(role: "view", subjects: Self.devs)) + "\n" + padding)

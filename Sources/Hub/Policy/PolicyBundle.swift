@@ -90,6 +90,10 @@ enum PolicyParser {
     /// a few KiB each; a megabyte is hundreds of objects, and a cap keeps one request
     /// from holding the hub's memory.
     static let maxFileBytes = 1 << 20
+    /// The deepest nesting accepted. RBAC and admission objects nest about ten
+    /// levels; libyaml's own limit (1,000) would pass values that JSON conversion
+    /// then refuses with a misleading message.
+    static let maxDepth = 64
 
     static func parse(yaml: String, file: String) throws -> [PolicyBundle] {
         let size = yaml.utf8.count
@@ -133,7 +137,11 @@ enum PolicyParser {
     /// what an alias bomb would. Anchors used once are harmless and allowed.
     static func refuseAliases(_ root: Node, file: String) throws {
         var seen = Set<ObjectIdentifier>()
-        func walk(_ node: Node, _ path: String) throws {
+        func walk(_ node: Node, _ path: String, depth: Int = 0) throws {
+            if depth > maxDepth {
+                throw TetherError(.invalidArgument,
+                    "\(file): line \(node.mark?.line ?? 1): \(path): nested deeper than \(maxDepth) levels; policy objects never need that")
+            }
             if let anchor = node.anchor, !seen.insert(ObjectIdentifier(anchor)).inserted {
                 let line = node.mark?.line ?? 1
                 throw TetherError(.invalidArgument, """
@@ -145,11 +153,11 @@ enum PolicyParser {
             case .mapping(let mapping):
                 for (key, value) in mapping {
                     let name = key.string ?? "?"
-                    try walk(key, path)
-                    try walk(value, path.isEmpty ? name : path + "." + name)
+                    try walk(key, path, depth: depth + 1)
+                    try walk(value, path.isEmpty ? name : path + "." + name, depth: depth + 1)
                 }
             case .sequence(let sequence):
-                for (i, item) in sequence.enumerated() { try walk(item, path + "[\(i)]") }
+                for (i, item) in sequence.enumerated() { try walk(item, path + "[\(i)]", depth: depth + 1) }
             case .scalar, .alias:
                 break
             }
