@@ -160,6 +160,13 @@ import X509
                 ("wrong kind", try JSONSerialization.data(withJSONObject: wrongKind), 400, "kind must be EventList"),
                 ("wrong version", try JSONSerialization.data(withJSONObject: wrongVersion), 400, "apiVersion must be audit.k8s.io/v1"),
                 ("event without auditID", try JSONSerialization.data(withJSONObject: missingID), 400, "items[1] has no auditID"),
+                // Checked against one `items`, it would have been stored from the other.
+                ("items twice", Data(String(decoding: real, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).dropLast().utf8)
+                    + Data(#","items":[{"event":"1"}]}"#.utf8),
+                 400, "duplicate key items"),
+                ("auditID twice", Data(String(decoding: real, as: UTF8.self)
+                    .replacingOccurrences(of: #""auditID":"#, with: #""auditID":"00000000-0000-0000-0000-000000000000","auditID":"#).utf8),
+                 400, "duplicate key items[0].auditID"),
                 ("oversized", Data(repeating: UInt8(ascii: " "), count: (10 << 20) + 1), 413, "10 MiB"),
             ]
             for (name, body, status, fragment) in cases {
@@ -171,7 +178,7 @@ import X509
             #expect(unauthorized == 401)
             #expect(agent.runtime.spool.lastSequence == 0, "nothing stored")
             let metrics = agent.runtime.metrics.exposition()
-            #expect(metrics.contains(#"tether_agent_audit_batches_rejected_total{reason="malformed"} 5"#))
+            #expect(metrics.contains(#"tether_agent_audit_batches_rejected_total{reason="malformed"} 7"#))
             #expect(metrics.contains(#"tether_agent_audit_batches_rejected_total{reason="oversized"} 1"#))
             #expect(metrics.contains(#"tether_agent_audit_batches_rejected_total{reason="unauthorized"} 1"#))
         }

@@ -12,6 +12,11 @@ enum EventListParser {
         guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any] else {
             throw Invalid(description: "body is not a JSON object (truncated or malformed)")
         }
+        // Checked against one occurrence and stored from another, a duplicated key
+        // would let a body say two things.
+        if let duplicate = try? JSONScanner.firstDuplicateKey(in: body) {
+            throw Invalid(description: "duplicate key \(duplicate)")
+        }
         guard object["kind"] as? String == "EventList" else {
             throw Invalid(description: "kind must be EventList, got \(object["kind"].map { "\($0)" } ?? "none")")
         }

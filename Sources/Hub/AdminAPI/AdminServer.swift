@@ -14,6 +14,7 @@ enum AdminServer {
     static func makeRouter(core: HubCore, readiness: Readiness) -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: ErrorMappingMiddleware())
+        router.add(middleware: StrictJSONMiddleware())
         router.get("/healthz") { _, _ in "ok\n" }
         router.get("/readyz") { _, _ -> Response in
             readiness.isReady
