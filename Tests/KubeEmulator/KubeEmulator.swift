@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTLS
 import Logging
 import ServiceLifecycle
+import Synchronization
 import TestSupport
 import X509
 
@@ -27,17 +28,26 @@ public final class KubeEmulator: Sendable {
 
     let store: ObjectStore
     private let handler: APIHandler
-    private let task: Task<Void, any Error>
-    private let group: ServiceGroup
+    private let pki: ServingPKI
+    private let logger: Logger
+    /// The HTTPS listener now serving, nil while stopped (see `restart()`).
+    private let serving: Mutex<Listener?>
 
-    private init(url: URL, caPEM: String, token: String, store: ObjectStore, handler: APIHandler, task: Task<Void, any Error>, group: ServiceGroup) {
+    /// One run of the HTTPS listener.
+    private struct Listener: Sendable {
+        let task: Task<Void, any Error>
+        let group: ServiceGroup
+    }
+
+    private init(url: URL, pki: ServingPKI, token: String, store: ObjectStore, handler: APIHandler, listener: Listener, logger: Logger) {
         self.url = url
-        self.caPEM = caPEM
+        self.caPEM = pki.caPEM
+        self.pki = pki
         self.token = token
         self.store = store
         self.handler = handler
-        self.task = task
-        self.group = group
+        self.serving = Mutex(listener)
+        self.logger = logger
     }
 
     /// The authorization checks a real API server would have made so far, in order,
@@ -48,50 +58,87 @@ public final class KubeEmulator: Sendable {
 
     /// Starts an emulator with the default namespaces (`default`, `kube-system`,
     /// `kube-public`, `kube-node-lease`). `historyLimit` bounds the events kept for
-    /// watches; older resourceVersions get 410 Expired.
-    public static func start(historyLimit: Int = 1000, logger: Logger = Logger(label: "kube-emulator", factory: { _ in SwiftLogNoOpLogHandler() })) async throws -> KubeEmulator {
+    /// watches; older resourceVersions get 410 Expired. `watchTimeout` is the API
+    /// server's `--min-request-timeout` (1800 s by default): a watch without
+    /// `timeoutSeconds` is ended after a random time between it and twice it, cleanly
+    /// and with no ERROR event, as kube-apiserver does (endpoints/handlers/get.go).
+    /// Tests pass a short one to make the server end watches.
+    public static func start(historyLimit: Int = 1000, watchTimeout: Duration = .seconds(1800),
+                             logger: Logger = Logger(label: "kube-emulator", factory: { _ in SwiftLogNoOpLogHandler() })) async throws -> KubeEmulator {
         let pki = try ServingPKI()
         let token = "emulator-" + UUID().uuidString.lowercased()
         let store = ObjectStore(historyLimit: historyLimit)
-        let handler = APIHandler(store: store, discovery: try FixtureDocuments.discovery(), openAPI: try FixtureDocuments.openAPI(), adminToken: token)
+        let handler = APIHandler(store: store, discovery: try FixtureDocuments.discovery(), openAPI: try FixtureDocuments.openAPI(), adminToken: token,
+                                 minRequestTimeout: watchTimeout)
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             _ = handler.handle(APIRequest(method: "POST", path: "/api/v1/namespaces", query: [:], contentType: "application/json",
                                           userAgent: "kube-apiserver/v1.36.2", authorization: "Bearer \(token)",
                                           body: (["apiVersion": "v1", "kind": "Namespace", "metadata": ["name": .string(ns)]] as JSON).data()))
         }
+        let (listener, port) = try await serve(handler: handler, pki: pki, port: 0, logger: logger)
+        return KubeEmulator(url: URL(string: "https://127.0.0.1:\(port)")!, pki: pki, token: token, store: store, handler: handler,
+                            listener: listener, logger: logger)
+    }
 
+    /// Binds 127.0.0.1:`port` (0: the kernel picks) and serves the API there.
+    private static func serve(handler: APIHandler, pki: ServingPKI, port: Int, logger: Logger) async throws -> (Listener, Int) {
         var tls = TLSConfiguration.makeServerConfiguration(
             certificateChain: [.certificate(try NIOSSLCertificate(bytes: Array(pki.leafPEM.utf8), format: .pem))],
             privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(pki.keyPEM.utf8), format: .pem)))
         tls.minimumTLSVersion = .tlsv12
+        // Close connections at once on shutdown, as Go's server does, instead of waiting
+        // (5 s by default) for each client's close_notify.
+        tls.shutdownTimeout = .milliseconds(50)
         let bound = AsyncStream<Int>.makeStream()
         let app = Application(
             responder: EmulatorResponder(handler: handler),
             server: try .tls(tlsConfiguration: tls),
-            configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "kube-emulator"),
+            configuration: .init(address: .hostname("127.0.0.1", port: port), serverName: "kube-emulator"),
             onServerRunning: { channel in
                 bound.continuation.yield(channel.localAddress?.port ?? 0)
                 bound.continuation.finish()
             },
             logger: logger)
         let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger))
-        let task = Task { try await group.run() }
-        var port = 0
-        for await p in bound.stream { port = p }
-        guard port != 0 else {
-            task.cancel()
-            _ = await task.result
-            throw EmulatorError(code: 500, reason: "InternalError", message: "the emulator could not bind 127.0.0.1")
+        let task = Task {
+            defer { bound.continuation.finish() }
+            try await group.run()
         }
-        return KubeEmulator(url: URL(string: "https://127.0.0.1:\(port)")!, caPEM: pki.caPEM, token: token, store: store, handler: handler, task: task, group: group)
+        var boundPort = 0
+        for await p in bound.stream { boundPort = p }
+        guard boundPort != 0 else {
+            task.cancel()
+            let outcome = await task.result
+            throw EmulatorError(code: 500, reason: "InternalError", message: "the emulator could not bind 127.0.0.1:\(port): \(outcome)")
+        }
+        return (Listener(task: task, group: group), boundPort)
     }
 
     /// Closes open watches and stops serving.
     public func stop() async {
+        guard let listener = serving.withLock({ s -> Listener? in defer { s = nil }; return s }) else { return }
+        handler.store.setServing(false)
         store.closeWatches()
-        await group.triggerGracefulShutdown()
-        _ = await task.result
+        await listener.group.triggerGracefulShutdown()
+        _ = await listener.task.result
     }
+
+    /// Stops serving and serves again on the same port with the same objects and
+    /// history, as an API server restart looks to its clients: every open watch ends
+    /// (cleanly, no ERROR event), connections are closed, and requests in between are
+    /// refused at the TCP level.
+    public func restart() async throws {
+        await stop()
+        handler.store.setServing(true)
+        let port = url.port ?? 0
+        let (listener, _) = try await Self.serve(handler: handler, pki: pki, port: port, logger: logger)
+        serving.withLock { $0 = listener }
+    }
+
+    /// Ends every open watch with the ERROR event `410 Expired` (too old resource
+    /// version), as kube-apiserver does when an etcd compaction passes a watch's
+    /// position; well-behaved clients list again.
+    public func expireOpenWatches() { store.expireWatches() }
 
     /// Writes a kubeconfig (server, certificate-authority-data, token; namespace `default`)
     /// that kubectl and client libraries can use.

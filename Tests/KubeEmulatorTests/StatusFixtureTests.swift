@@ -123,4 +123,18 @@ import Testing
             #expect(event[path: ["object", "message"]] == .string("too old resource version: 1 (\(emulator.resourceVersion))"))
         }
     }
+
+    /// `\/` (Foundation's JSON escape for `/`) in an apply body: the real server reads
+    /// apply bodies as YAML 1.1, where it is no escape, and refuses the request.
+    @Test func applyBodyWithAnEscapedSlashIsNotYAML11() async throws {
+        try await withEmulator { emulator, client in
+            let fixture = try FixtureFiles.status("ssa-yaml-escape-badrequest")
+            Self.expectMatches(fixture, try await Self.replay(client, fixture))
+            #expect(emulator.object(.secrets, namespace: "default", name: "fixture-escape") == nil)
+            // The same body without the escape is applied.
+            let plain = try await Self.replay(client, fixture, body: fixture.body.replacingOccurrences(of: "\\/", with: "/"))
+            #expect(plain.code == 201, "\(plain.json.text)")
+            #expect(emulator.object(.secrets, namespace: "default", name: "fixture-escape")?[path: ["data", "ca.crt"]] == "LS0t/Q==")
+        }
+    }
 }

@@ -52,13 +52,13 @@ import Testing
     @Test func clientReadsKubeconfigAndDecodesStatusErrors() async throws {
         try await withEmulator { emulator, client, _ in
             #expect(try await client.get(.clusterRole, name: "absent") == nil)
-            let created = try await client.apply(try Self.spec("b", Self.role).json, resource: .clusterRole, namespace: nil, name: "view-pods")
+            let created = try await client.apply(try ApplyPatchBody(json: Self.spec("b", Self.role).json), resource: .clusterRole, namespace: nil, name: "view-pods", force: false)
             #expect((created["metadata"] as? [String: Any])?["name"] as? String == "view-pods")
             let managers = emulator.object(.clusterRoles, name: "view-pods")?[path: ["metadata", "managedFields"]]?.arrayValue?.compactMap { $0["manager"]?.string }
             #expect(managers == ["tether"])
             // A create in a namespace that does not exist: the API's 404 Status, typed.
             let error = await #expect(throws: KubeAPIError.self) {
-                _ = try await client.apply(try Self.spec("b", Self.binding).json, resource: .roleBinding, namespace: "team-a", name: "devs")
+                _ = try await client.apply(try ApplyPatchBody(json: Self.spec("b", Self.binding).json), resource: .roleBinding, namespace: "team-a", name: "devs", force: false)
             }
             #expect(error?.code == 404 && error?.reason == "NotFound")
             #expect(try await client.delete(.clusterRole, name: "view-pods"))

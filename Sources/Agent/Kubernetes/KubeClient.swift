@@ -107,6 +107,7 @@ final class KubeClient: Sendable {
         do {
             response = try await http.execute(request, timeout: .seconds(30))
         } catch {
+            if Task.isCancelled { throw CancellationError() }
             throw TetherError(.unavailable, "cannot reach the Kubernetes API at \(connection.server): \(error)")
         }
         let data = Data(buffer: try await response.body.collect(upTo: 64 << 20))

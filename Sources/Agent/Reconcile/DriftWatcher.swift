@@ -48,16 +48,16 @@ struct DriftWatcher: Service {
                 // what is not listed was deleted, unlabelled, or never Tether's.
                 let listed = Dictionary(items.map { (Self.key(resource, $0), $0) }, uniquingKeysWith: { a, _ in a })
                 for key in state.desired.value.keys.sorted() where key.hasPrefix(resource.kind + "/") {
-                    await repair(key, seen: listed[key])
+                    try await repair(key, seen: listed[key])
                 }
                 try await client.watch(resource, resourceVersion: resourceVersion, labelSelector: selector) { event in
                     let key = Self.key(resource, event.object)
                     switch event.type {
                     case "MODIFIED":
-                        await repair(key, seen: event.object)
+                        try await repair(key, seen: event.object)
                     case "DELETED":
                         // Deleted, or its label taken off (it left the selector): read it again.
-                        await repair(key, seen: nil)
+                        try await repair(key, seen: nil)
                     default:
                         break
                     }
@@ -77,8 +77,9 @@ struct DriftWatcher: Service {
     }
 
     /// Makes a desired object match again, if it is Tether's or absent, and reports
-    /// what was done: drift put back, or a refusal.
-    private func repair(_ key: String, seen: [String: Any]?) async {
+    /// what was done: drift put back, or a refusal. An API server out of reach is not
+    /// the object's failure: it is thrown, and the loop lists again when it is back.
+    private func repair(_ key: String, seen: [String: Any]?) async throws {
         guard let spec = state.desired.value[key] else { return }
         guard let resource = KubeResource.forKind(spec.summary.kind) else { return }
         let result: AppliedResult
@@ -94,8 +95,8 @@ struct DriftWatcher: Service {
                 logger.warning("not repairing an object Tether does not own", metadata: ["object": "\(key)", "bundle": "\(spec.bundle)"])
                 result = AppliedResult(bundle: spec.bundle, object: key, state: .failed, message: message)
             }
-        } catch is CancellationError {
-            return
+        } catch let error as TetherError where error.code == .unavailable {
+            throw error
         } catch {
             logger.warning("cannot repair drift", metadata: ["object": "\(key)", "error": "\(error)"])
             result = AppliedResult(bundle: spec.bundle, object: key, state: .failed, message: "drift repair failed: \(error)")
