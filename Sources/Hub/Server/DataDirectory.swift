@@ -187,8 +187,11 @@ final class DataDirectoryLock: Sendable {
     /// or throws naming the process that holds it. Never waits.
     static func acquire(dataDir: String) throws -> DataDirectoryLock {
         let fm = FileManager.default
-        if !fm.fileExists(atPath: dataDir) {
+        var isDir: ObjCBool = false
+        if !fm.fileExists(atPath: dataDir, isDirectory: &isDir) {
             try fm.createDirectory(atPath: dataDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } else if !isDir.boolValue {
+            throw TetherError(.storage, "data dir \(dataDir) exists and is not a directory")
         }
         try DataDirectory.checkOwnership(dataDir)
         let path = dataDir + "/hub.lock"
