@@ -8,11 +8,11 @@ import Testing
 /// consent, YAML aliases and oversized files, and names and references the API
 /// server would refuse, each with the file, the object and the line.
 @Suite struct PolicyGuardTests {
-    static func bundle(_ resources: String, spec extra: String = "") -> String {
+    static func bundle(_ resources: String, spec extra: String = "", name: String = "ops") -> String {
         """
         apiVersion: tether.dev/v1
         kind: PolicyBundle
-        metadata: {name: ops}
+        metadata: {name: \(name)}
         spec:
           clusterSelector: {}
         \(extra)
@@ -130,6 +130,40 @@ import Testing
         #expect(refused.stderr.contains("\(dir.sub("wild.yaml")): line 11: bundle ops: resources[1] (ClusterRole/everything)"), "\(refused.stderr)")
         #expect(try hub.core.database.bundleDocuments().map(\.name) == ["ops", "plain"])
         #expect(try AdminServer.bundleViews(core: hub.core, includeDocument: false)[0].resources == 2, "the stored ops bundle is unchanged")
+        try await hub.stop()
+    }
+
+    @Test func bindingAnotherBundlesWildcardRoleNeedsConsentToo() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        func apply(_ yaml: String, file: String) throws { _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: file)) }
+        try apply(Self.bundle(Self.wildcardRole, spec: "  allowPrivileged: true", name: "roles"), file: "roles.yaml")
+
+        let binder = Self.bundle(Self.binding(role: "everything", subjects: Self.devs), name: "devs")
+        let error = #expect(throws: TetherError.self) { try apply(binder, file: "devs.yaml") }
+        #expect(error?.message == """
+            devs.yaml: line 11: bundle devs: resources[1] (ClusterRoleBinding/ops): binds ClusterRole/everything of bundle roles, \
+            which allows every verb on every resource; a bundle may grant this only with spec.allowPrivileged: true
+            """, "\(error?.message ?? "")")
+        #expect(try hub.core.database.bundleDocuments().map(\.name) == ["roles"], "nothing stored")
+
+        try apply(Self.bundle(Self.binding(role: "everything", subjects: Self.devs), spec: "  allowPrivileged: true", name: "devs"), file: "devs.yaml")
+        let views = try AdminServer.bundleViews(core: hub.core, includeDocument: false)
+        #expect(views.first { $0.name == "devs" }?.privilegedGrants == [
+            "ClusterRoleBinding/ops binds ClusterRole/everything of bundle roles, which allows every verb on every resource",
+        ])
+
+        // The other way round: a stored bundle binds a role that a new bundle would
+        // turn into a wildcard one.
+        try apply(Self.bundle(Self.binding(name: "later", role: "later", subjects: Self.devs), name: "team"), file: "team.yaml")
+        let later = Self.wildcardRole.replacingOccurrences(of: "{name: everything}", with: "{name: later}")
+        let reverse = #expect(throws: TetherError.self) {
+            try apply(Self.bundle(later, spec: "  allowPrivileged: true", name: "more-roles"), file: "more.yaml")
+        }
+        #expect(reverse?.message.hasPrefix("more.yaml: bundle more-roles would give stored bundle team, which does not set spec.allowPrivileged") == true,
+                "\(reverse?.message ?? "")")
+        #expect(try hub.core.database.bundleDocuments().map(\.name) == ["devs", "roles", "team"])
         try await hub.stop()
     }
 

@@ -4,6 +4,7 @@ import Shared
 extension HubCore {
     /// Stores bundles and pushes the resulting desired states to connected agents.
     func applyBundles(_ bundles: [PolicyBundle], by caller: Caller = .operator) throws -> [DesiredState] {
+        try refuseBorrowedPrivilege(bundles)
         let changed = try database.applyBundles(bundles, now: clock.now())
         for bundle in bundles {
             audit(HubAction(verb: "apply", resource: "policybundles", name: bundle.name, user: caller.user, code: 200, sourceIP: caller.address,
@@ -27,6 +28,43 @@ extension HubCore {
                         message: "labels " + changes.map { "\($0.key)=\($0.value ?? "-")" }.sorted().joined(separator: ",")))
         publish(changed)
         return record
+    }
+
+    /// The privilege guard across bundles: a binding to a wildcard role that another
+    /// bundle defines needs `spec.allowPrivileged` as much as one to its own, in the
+    /// bundle being applied and in the stored bundles the new roles would reach.
+    /// (Checked before the write; two concurrent applies could each pass it.)
+    func refuseBorrowedPrivilege(_ bundles: [PolicyBundle]) throws {
+        let replacing = Set(bundles.map(\.name))
+        var stored: [(name: String, allowPrivileged: Bool, resources: [Any])] = []
+        for entry in try database.bundleDocuments() where !replacing.contains(entry.name) {
+            let spec = (try JSONSerialization.jsonObject(with: entry.document) as? [String: Any])?["spec"] as? [String: Any] ?? [:]
+            stored.append((entry.name, spec["allowPrivileged"] as? Bool ?? false, spec["resources"] as? [Any] ?? []))
+        }
+        let incoming = try bundles.map { bundle in (bundle, try bundle.resources.map { try JSONSerialization.jsonObject(with: $0.json) }) }
+        var owners: [String: String] = [:]
+        for bundle in stored { for role in PrivilegeCheck.wildcardRoles(in: bundle.resources) { owners[role] = bundle.name } }
+        for (bundle, resources) in incoming { for role in PrivilegeCheck.wildcardRoles(in: resources) { owners[role] = bundle.name } }
+        let suffix = "a bundle may grant this only with spec.allowPrivileged: true"
+        for (bundle, resources) in incoming where !bundle.allowPrivileged {
+            if let grant = PrivilegeCheck.grants(in: resources, elsewhere: owners.filter { $0.value != bundle.name }).first {
+                let line = bundle.resourceLines.indices.contains(grant.index) ? bundle.resourceLines[grant.index] : 1
+                let origin = bundle.file.isEmpty ? "" : "\(bundle.file): line \(line): "
+                throw TetherError(.invalidArgument, "\(origin)bundle \(bundle.name): resources[\(grant.index)] (\(grant.object)): \(grant.reason); \(suffix)")
+            }
+        }
+        for bundle in stored where !bundle.allowPrivileged {
+            let fresh = owners.filter { replacing.contains($0.value) }
+            if let grant = PrivilegeCheck.grants(in: bundle.resources, elsewhere: fresh).first(where: { $0.borrowedFrom != nil }),
+               let owner = grant.borrowedFrom {
+                let file = bundles.first { $0.name == owner }?.file ?? ""
+                throw TetherError(.invalidArgument, """
+                    \(file.isEmpty ? "" : "\(file): ")bundle \(owner) would give stored bundle \(bundle.name), which does not set \
+                    spec.allowPrivileged, a privileged grant: \(grant.object) \(grant.reason); set spec.allowPrivileged: true \
+                    on \(bundle.name) first, or rename the role
+                    """)
+            }
+        }
     }
 
     /// Tells each affected cluster's open channel to send its new desired state.

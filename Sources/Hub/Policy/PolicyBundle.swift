@@ -22,6 +22,10 @@ struct PolicyBundle: Sendable, Equatable {
     /// `PrivilegeCheck` refuses otherwise (cluster-admin, wildcard roles, bindings
     /// for every caller).
     var allowPrivileged = false
+    /// Where it was read from, for refusals made after parsing (empty when built in code).
+    var file = ""
+    /// The line of each item of spec.resources in `file`.
+    var resourceLines: [Int] = []
 
     /// The bundle as canonical JSON (sorted keys): what is stored and hashed.
     func canonicalJSON() throws -> Data {
@@ -224,7 +228,8 @@ enum PolicyParser {
             let at = resourceNodes.indices.contains(grant.index) ? resourceNodes[grant.index] : line
             throw fail("\(label): resources[\(grant.index)] (\(grant.object)): \(grant.reason); a bundle may grant this only with spec.allowPrivileged: true", at: at)
         }
-        return PolicyBundle(name: name, clusterSelector: selector, resources: objects, allowPrivileged: allowPrivileged)
+        return PolicyBundle(name: name, clusterSelector: selector, resources: objects, allowPrivileged: allowPrivileged,
+                            file: file, resourceLines: resources.indices.map { resourceNodes.indices.contains($0) ? resourceNodes[$0] : line })
     }
 
     /// The line of each item under spec.resources, for error messages.
@@ -339,6 +344,8 @@ struct PrivilegedGrant: Sendable, Equatable {
     /// `Kind/name` or `Kind/namespace/name`.
     var object: String
     var reason: String
+    /// The other bundle whose wildcard role is bound, when that is the grant.
+    var borrowedFrom: String? = nil
 }
 
 /// The guard rail on what a bundle may grant without `spec.allowPrivileged: true`:
@@ -349,8 +356,21 @@ struct PrivilegedGrant: Sendable, Equatable {
 enum PrivilegeCheck {
     static let everyone: Set<String> = ["system:anonymous", "system:unauthenticated", "system:authenticated"]
 
+    /// The keys (`ClusterRole/name`, `Role/namespace/name`) of the roles among
+    /// `resources` that allow every verb on every resource.
+    static func wildcardRoles(in resources: [Any]) -> Set<String> {
+        var keys = Set<String>()
+        for case let o as [String: Any] in resources where ["ClusterRole", "Role"].contains(o["kind"] as? String ?? "") && allowsEverything(o) {
+            let m = o["metadata"] as? [String: Any] ?? [:]
+            keys.insert([o["kind"] as? String, m["namespace"] as? String, m["name"] as? String ?? "?"].compactMap { $0 }.joined(separator: "/"))
+        }
+        return keys
+    }
+
     /// The grants among a bundle's resources (as written or as stored), in order.
-    static func grants(in resources: [Any]) -> [PrivilegedGrant] {
+    /// `elsewhere` maps wildcard roles defined by other bundles to their bundle, so
+    /// that binding one counts as much as binding one's own.
+    static func grants(in resources: [Any], elsewhere: [String: String] = [:]) -> [PrivilegedGrant] {
         let objects = resources.map { $0 as? [String: Any] ?? [:] }
         func metadata(_ o: [String: Any]) -> (name: String, namespace: String?) {
             let m = o["metadata"] as? [String: Any] ?? [:]
@@ -360,11 +380,7 @@ enum PrivilegeCheck {
             let m = metadata(o)
             return [o["kind"] as? String ?? "?", m.namespace, m.name].compactMap { $0 }.joined(separator: "/")
         }
-        // Roles of this bundle that allow every verb on every resource.
-        var wildcard = Set<String>()
-        for o in objects where ["ClusterRole", "Role"].contains(o["kind"] as? String ?? "") && allowsEverything(o) {
-            wildcard.insert(key(o))
-        }
+        let wildcard = wildcardRoles(in: resources)
         var found: [PrivilegedGrant] = []
         for (i, o) in objects.enumerated() {
             let kind = o["kind"] as? String ?? ""
@@ -380,6 +396,9 @@ enum PrivilegeCheck {
                 found.append(PrivilegedGrant(index: i, object: key(o), reason: "binds cluster-admin"))
             } else if wildcard.contains(refKey) {
                 found.append(PrivilegedGrant(index: i, object: key(o), reason: "binds \(refKey), which allows every verb on every resource"))
+            } else if let owner = elsewhere[refKey] {
+                found.append(PrivilegedGrant(index: i, object: key(o), reason: "binds \(refKey) of bundle \(owner), which allows every verb on every resource",
+                                             borrowedFrom: owner))
             }
             for subject in o["subjects"] as? [Any] ?? [] {
                 guard let subject = subject as? [String: Any], ["User", "Group"].contains(subject["kind"] as? String ?? ""),
