@@ -37,6 +37,12 @@ import Testing
                          environment: join.map { ["TETHER_JOIN_TOKEN": $0] } ?? [:])
     }
 
+    /// A well-formed join string for a hub at 127.0.0.1:`port`.
+    static func joinString(port: Int) -> JoinString {
+        JoinString(hub: HostPort(host: "127.0.0.1", port: port), tokenID: "abcd1234",
+                   secret: Base64URL.encode((0..<32).map { _ in UInt8.random(in: 0...255) }), caHash: "sha256:" + String(repeating: "a", count: 64))
+    }
+
     static func exitStatus(_ agent: ChildProcess, within timeout: Duration = .seconds(20)) async throws -> (status: Int32, reason: Process.TerminationReason) {
         try await eventually(timeout: timeout, "agent exited; output:\n\(agent.output)") { !agent.process.isRunning }
         let status = await agent.waitForExit()
@@ -71,7 +77,7 @@ import Testing
         let closed = try await SilentListener()
         let port = closed.port
         try await closed.close()
-        let join = JoinString(hub: HostPort(host: "127.0.0.1", port: port), tokenID: "t0ken", secret: "s3cret", caHash: String(repeating: "a", count: 64))
+        let join = Self.joinString(port: port)
         let agent = try Self.agent(dir, join: join.encoded)
         try await agent.waitForOutput(containing: "reconnecting")
         agent.signal(SIGTERM)
@@ -84,7 +90,7 @@ import Testing
         defer { dir.remove() }
         // A hub that accepts the connection and never answers the TLS handshake.
         let silent = try await SilentListener()
-        let join = JoinString(hub: HostPort(host: "127.0.0.1", port: silent.port), tokenID: "t0ken", secret: "s3cret", caHash: String(repeating: "a", count: 64))
+        let join = Self.joinString(port: silent.port)
         let agent = try Self.agent(dir, join: join.encoded)
         try await eventually("the agent is connecting") { silent.accepted.value > 0 }
         agent.signal(SIGTERM)

@@ -126,74 +126,63 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     /// Runs the agent and makes SIGTERM and SIGINT, whenever they come, a clean exit
-    /// (status 0): the signals are trapped before anything else happens, so one that
-    /// arrives while the agent still prepares (reads its Secrets, which may wait on the
-    /// API server) stops that work instead of killing the process; once the runtime
-    /// runs, it is shut down gracefully (the hub link stops, also mid-enrollment).
+    /// (status 0). The signals are trapped before anything else happens: one that
+    /// arrives while the agent still prepares (reads its Secrets, which may wait on an
+    /// API server that does not answer) ends the process without waiting for that
+    /// work, which writes nothing that is not atomic; once the runtime runs, it is
+    /// shut down gracefully (the hub link stops, also mid-enrollment).
     static func runUntilSignalled(logger: Logger, prepare: @escaping @Sendable () async throws -> AgentRuntime) async throws {
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
-        let phase = Locked(SignalPhase.preparing)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                let runtime: AgentRuntime
-                do {
-                    runtime = try await prepare()
-                } catch {
-                    // Work cut short by the signal is not a failure.
-                    if phase.withLock({ $0 == .stopping }) { return }
-                    throw error
-                }
-                let stopping = phase.withLock { phase in
-                    if phase == .stopping { return true }
-                    phase = .running(runtime)
-                    return false
-                }
-                if stopping { return }
-                try await runtime.run()
-            }
-            group.addTask {
-                for await signal in signals {
-                    logger.notice("stopping", metadata: ["signal": "\(signal)"])
-                    let running = phase.withLock { phase -> AgentRuntime? in
-                        defer { phase = .stopping }
-                        if case .running(let runtime) = phase { return runtime }
-                        return nil
-                    }
-                    if let running {
-                        await running.shutdown()
-                    } else {
-                        throw SignalledWhilePreparing()
-                    }
-                }
-            }
+        let (events, writer) = AsyncStream.makeStream(of: LifecycleEvent.self)
+        let preparing = Task {
             do {
-                // The first to finish decides: the agent (it stopped or failed) or a
-                // signal that came before the runtime existed.
-                try await group.next()
-            } catch is SignalledWhilePreparing {
-                group.cancelAll()
-                try? await group.waitForAll()
-                return
+                writer.yield(.prepared(.success(try await prepare())))
+            } catch {
+                writer.yield(.prepared(.failure(error)))
             }
-            group.cancelAll()
-            // The other task, the signal loop, ends when cancelled.
-            try? await group.waitForAll()
+        }
+        let trap = Task {
+            for await signal in signals { writer.yield(.signalled(signal)) }
+        }
+        defer { trap.cancel() }
+        var runtime: AgentRuntime?
+        var stopping = false
+        for await event in events {
+            switch event {
+            case .signalled(let signal):
+                logger.notice("stopping", metadata: ["signal": "\(signal)"])
+                guard let runtime else {
+                    preparing.cancel()
+                    return
+                }
+                if !stopping {
+                    stopping = true
+                    await runtime.shutdown()
+                }
+            case .prepared(.failure(let error)):
+                throw error
+            case .prepared(.success(let prepared)):
+                runtime = prepared
+                Task {
+                    do {
+                        try await prepared.run()
+                        writer.yield(.finished(.success(())))
+                    } catch {
+                        writer.yield(.finished(.failure(error)))
+                    }
+                }
+            case .finished(let result):
+                return try result.get()
+            }
         }
     }
 
-    /// Where the agent is when a signal comes.
-    enum SignalPhase: Equatable {
-        case preparing, running(AgentRuntime), stopping
-        static func == (a: SignalPhase, b: SignalPhase) -> Bool {
-            switch (a, b) {
-            case (.preparing, .preparing), (.stopping, .stopping): return true
-            case (.running(let x), .running(let y)): return x === y
-            default: return false
-            }
-        }
+    /// What the process waits for: its preparation, a signal, or the runtime's end.
+    enum LifecycleEvent: Sendable {
+        case prepared(Result<AgentRuntime, any Error>)
+        case signalled(UnixSignal)
+        case finished(Result<Void, any Error>)
     }
-
-    private struct SignalledWhilePreparing: Error {}
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
