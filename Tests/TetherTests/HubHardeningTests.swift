@@ -51,6 +51,32 @@ import Testing
         #expect(result.status == 1, "an error exit, not a trap (a signal): \(result.stderr)")
         #expect(result.stderr.contains("at most 36500d"), "\(result.stderr)")
         #expect(!result.stderr.contains("Fatal error"))
+
+        // Every option that takes a duration goes through the same check.
+        for args in [
+            ["serve", "--data-dir", "/nonexistent/data", "--heartbeat-interval", "99999999999999999999d"],
+            ["serve", "--data-dir", "/nonexistent/data", "--certificate-lifetime", "1e400d"],
+            ["serve", "--data-dir", "/nonexistent/data", "--audit-retention", String(repeating: "9", count: 400) + "s"],
+            ["audit", "query", "--since", "99999999999999999999d", "--credentials", "/nonexistent/credentials.json"],
+        ] {
+            let refused = try await runCommand(try ChildProcess.binary("tether-hub"), args)
+            #expect(refused.status != 0 && refused.status < 64 || refused.status == 64, "\(args): \(refused.stderr)")
+            #expect(refused.stderr.contains("too long") || refused.stderr.contains("invalid duration"), "\(args): \(refused.stderr)")
+            #expect(!refused.stderr.contains("Fatal error"))
+        }
+    }
+
+    @Test func yamlNumbersJSONCannotHoldAreRefused() throws {
+        for value in [".nan", ".inf", "-.inf", "1e400", "99999999999999999999999"] {
+            let yaml = PolicyDistributionTests.bundle("b", selector: "{}", roles: ["view"]) + "\n      x-number: \(value)"
+            do {
+                let bundle = try PolicyParser.parse(yaml: yaml, file: "f.yaml")
+                // What is accepted is stored as valid JSON.
+                _ = try JSONSerialization.jsonObject(with: try #require(bundle.first).canonicalJSON())
+            } catch let error as TetherError {
+                #expect(error.message == "f.yaml: line 7: bundle b: resources[0] (ClusterRole/view): contains values that are not JSON (dates, binary, or numbers such as .nan, .inf or 1e400); quote them", "\(value): \(error.message)")
+            }
+        }
     }
 
     @Test func anAgentReportForARevisionBeyondSQLiteIntegersIsRefused() throws {
@@ -92,7 +118,12 @@ import Testing
             "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
         ])
         try await eventually(timeout: .seconds(30), "the second hub to exit; it printed:\n\(child.output)") { !child.process.isRunning }
-        return (await child.waitForExit(), child.output)
+        let status = await child.waitForExit()
+        // The pipe is read asynchronously: wait for the whole error line, not just the exit.
+        try await eventually(timeout: .seconds(5), "the refusal's full line; got:\n\(child.output)") {
+            child.output.contains("Error: ") && child.output.hasSuffix("\n")
+        }
+        return (status, child.output)
     }
 
     static func serve(_ dataDir: String) throws -> ChildProcess {

@@ -34,8 +34,13 @@ struct AuditCommand: AsyncParsableCommand {
         }
 
         static func time(_ text: String, allowDuration: Bool) throws -> String {
-            if allowDuration, let duration = try? DurationParser.parse(text) {
-                return Date().addingTimeInterval(-duration.seconds).formatted(.iso8601)
+            if allowDuration {
+                do {
+                    return Date().addingTimeInterval(-(try DurationParser.parse(text)).seconds).formatted(.iso8601)
+                } catch let error as TetherError where AuditTime.parse(text) == nil && text.first?.isNumber == true && text.last?.isLetter == true {
+                    // Reads as a duration, not as a time: say what is wrong with it (e.g. too long).
+                    throw ValidationError("--since: \(error.message)")
+                } catch {}
             }
             guard let date = AuditTime.parse(text) else {
                 throw ValidationError("'\(text)' is not \(allowDuration ? "a duration (24h, 7d) or " : "")an RFC 3339 time (2026-11-28T12:00:00Z)")

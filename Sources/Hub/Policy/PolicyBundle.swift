@@ -283,7 +283,7 @@ enum PolicyParser {
         object["metadata"] = metadata
         guard JSONSerialization.isValidJSONObject(object),
               let json = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-        else { throw fail("\(what): contains values that are not JSON (dates or binary); quote them") }
+        else { throw fail("\(what): contains values that are not JSON (dates, binary, or numbers such as .nan, .inf or 1e400); quote them") }
         return PolicyObject(apiVersion: kind.apiVersion, kind: kind.rawValue, namespace: kind.isNamespaced ? namespace : nil, name: name, json: json)
     }
 }
