@@ -58,13 +58,14 @@ import Testing
 
         func failures(of key: String) -> [AppliedResult] { reports.value.filter { $0.object == key && $0.state == .failed } }
 
-        /// Waits for one more refusal of `key` than there was before `action`; every
-        /// failure reported says why.
-        func expectAnotherFailure(of key: String, _ what: String, after action: () async throws -> Void) async throws {
+        /// Waits for one more refusal of `key` than there was before `action` (or for
+        /// the object to change, which fails the caller's next check); every failure
+        /// reported says why.
+        func expectAnotherFailure(of key: String, _ what: String, untouched: () -> Bool, after action: () async throws -> Void) async throws {
             func refusals() -> Int { failures(of: key).filter { $0.message?.contains("is not managed by Tether") == true }.count }
             let before = refusals()
             try await action()
-            try await eventually("\(key) reported failed again after \(what)") { refusals() > before }
+            try await eventually("\(key) reported failed again after \(what)") { refusals() > before || !untouched() }
             #expect(failures(of: key).allSatisfy { $0.message?.contains("is not managed by Tether") == true }, "\(failures(of: key))")
         }
 
@@ -84,6 +85,7 @@ import Testing
         let emulator = try await KubeEmulator.start()
         try emulator.writeKubeconfig(to: dir.sub("kubeconfig"))
         let original = try emulator.put(Self.clusterAdmin, manager: "kube-apiserver")
+        func untouched() -> Bool { emulator.object(.clusterRoles, name: "cluster-admin") == original }
         func expectUntouched(_ when: String, sourceLocation: SourceLocation = #_sourceLocation) {
             #expect(emulator.object(.clusterRoles, name: "cluster-admin") == original, "cluster-admin changed \(when)", sourceLocation: sourceLocation)
         }
@@ -97,17 +99,17 @@ import Testing
         expectUntouched("by the apply")
         // The watcher lists with the desired state known: the foreign role is missing
         // from Tether's labelled list, and is refused again, not "re-created".
-        try await eventually("first relist reported") { reconciler.failures(of: "ClusterRole/cluster-admin").count >= 1 }
+        try await eventually("first relist reported") { reconciler.failures(of: "ClusterRole/cluster-admin").count >= 1 || !untouched() }
         try await eventually("watching every kind") { emulator.openWatchCount == KubeResource.managed.count }
         expectUntouched("by the first relist")
 
         // 410: the API server expires the watches (an etcd compaction passed them).
-        try await reconciler.expectAnotherFailure(of: "ClusterRole/cluster-admin", "a 410") { emulator.expireOpenWatches() }
+        try await reconciler.expectAnotherFailure(of: "ClusterRole/cluster-admin", "a 410", untouched: untouched) { emulator.expireOpenWatches() }
         expectUntouched("after a 410")
 
         // The API server restarts: every watch ends, connections are refused for a moment.
         try await eventually("watching again") { emulator.openWatchCount == KubeResource.managed.count }
-        try await reconciler.expectAnotherFailure(of: "ClusterRole/cluster-admin", "an API server restart") { try await emulator.restart() }
+        try await reconciler.expectAnotherFailure(of: "ClusterRole/cluster-admin", "an API server restart", untouched: untouched) { try await emulator.restart() }
         expectUntouched("after an API server restart")
 
         // The agent restarts: fresh state, the desired state arrives again.
@@ -115,7 +117,7 @@ import Testing
         reconciler = try Reconciler(kubeconfig: dir.sub("kubeconfig"))
         let again = await reconciler.start(desired)
         #expect(again.map(\.state) == [.failed, .applied], "\(again)")
-        try await eventually("relist after the agent restart reported") { reconciler.failures(of: "ClusterRole/cluster-admin").count >= 1 }
+        try await eventually("relist after the agent restart reported") { reconciler.failures(of: "ClusterRole/cluster-admin").count >= 1 || !untouched() }
         expectUntouched("after an agent restart")
 
         // Throughout, Tether's own role kept being Tether's, and no report ever called
@@ -139,7 +141,9 @@ import Testing
         let reconciler = try Reconciler(kubeconfig: dir.sub("kubeconfig"))
         _ = await reconciler.start([try Self.desiredRole("cluster-admin")])
         // Each server-ended watch is followed by a relist, which refuses the role again.
-        try await eventually("three relists") { reconciler.failures(of: "ClusterRole/cluster-admin").count >= 3 }
+        try await eventually("three relists") {
+            reconciler.failures(of: "ClusterRole/cluster-admin").count >= 3 || emulator.object(.clusterRoles, name: "cluster-admin") != original
+        }
         #expect(emulator.object(.clusterRoles, name: "cluster-admin") == original)
         try await reconciler.stop()
         await emulator.stop()
@@ -167,7 +171,9 @@ import Testing
         unlabelled[path: ["metadata", "labels"]] = nil
         unlabelled[path: ["rules"]] = [["apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]]]
         let taken = try emulator.put(unlabelled)
-        try await eventually("refused once unlabelled") { reconciler.failures(of: "ClusterRole/view-pods").count > failuresBefore }
+        try await eventually("refused once unlabelled") {
+            reconciler.failures(of: "ClusterRole/view-pods").count > failuresBefore || emulator.object(.clusterRoles, name: "view-pods") != taken
+        }
         #expect(emulator.object(.clusterRoles, name: "view-pods") == taken)
         try await reconciler.stop()
         await emulator.stop()
@@ -223,7 +229,7 @@ import Testing
             try await eventually("watching every kind") { emulator.openWatchCount == KubeResource.managed.count }
             let before = reads()
             try await disrupt()
-            try await eventually("relisted after \(what)") { reads() > before }
+            try await eventually("relisted after \(what)") { reads() > before || emulator.object(.clusterRoles, name: "platform-admin") != original }
             try await expectFailedAtHub()
         }
 
@@ -233,7 +239,7 @@ import Testing
         let before = reads()
         (runtime, task) = try startAgent()
         try await eventually("connected again") { runtime.link.status.value.connected }
-        try await eventually("the restarted agent read it") { reads() > before }
+        try await eventually("the restarted agent read it") { reads() > before || emulator.object(.clusterRoles, name: "platform-admin") != original }
         try await expectFailedAtHub()
 
         await runtime.shutdown()
