@@ -54,6 +54,21 @@ import Testing
         #expect(header[124] == 0x80)
         try (header + Data(count: 1024)).write(to: URL(fileURLWithPath: dir.sub("huge.tar")))
         #expect(throws: TetherError.self) { try TarArchive.entries(in: dir.sub("huge.tar")) }  // cut short: the size was read
+
+        // Crafted sizes (checksums fixed up, so the size is what is judged) are
+        // refused, never trapped on: octal -1, base-256 with the sign bit, Int.max.
+        func crafted(_ size: [UInt8]) -> Data {
+            var header = [UInt8](try! TarArchive.header(name: "x", mode: 0o600, size: 0, modified: Date()))
+            for i in 0..<12 { header[124 + i] = i < size.count ? size[i] : 0 }
+            for i in 148..<156 { header[i] = UInt8(ascii: " ") }
+            let sum = String(header.reduce(0) { $0 + Int($1) }, radix: 8)
+            let field = Array((String(repeating: "0", count: 6 - sum.count) + sum).utf8) + [0, UInt8(ascii: " ")]
+            for i in 0..<8 { header[148 + i] = field[i] }
+            return Data(header) + Data(count: 1024)
+        }
+        #expect(try refusal(crafted(Array("-1".utf8)))?.contains("negative size") == true)
+        #expect(try refusal(crafted([0xFF] + Array(repeating: 0xFF, count: 11)))?.contains("negative size") == true)
+        #expect(try refusal(crafted([0x80, 0, 0, 0, 0x7F] + Array(repeating: 0xFF, count: 7)))?.contains("cut short") == true)
     }
 
     @Test func aBackupOfARunningHubRestoresAsItWas() async throws {

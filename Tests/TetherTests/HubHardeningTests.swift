@@ -91,6 +91,22 @@ import Testing
         #expect(try database.observedRevision("prod-eu") == nil, "nothing stored")
     }
 
+    @Test func anAuditBatchNumberedPastSQLiteIntegersIsRefusedNotTrapped() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: [:])
+        // An event the hub cannot index takes the path that computed a sequence first.
+        for first in [UInt64.max, UInt64(Int64.max), 0] {
+            let error = #expect(throws: TetherError.self, "\(first)") {
+                _ = try hub.core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: first, events: [Data("not an event".utf8)])
+            }
+            #expect(error?.code == .invalidArgument)
+        }
+        #expect(try hub.core.auditAcknowledged(ClusterName("prod-eu")) == 0, "nothing stored")
+        try await hub.stop()
+    }
+
     @Test func anOversizedAdminRequestGets413NamingTheLimit() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

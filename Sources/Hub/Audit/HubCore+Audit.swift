@@ -4,6 +4,11 @@ import Shared
 extension HubCore {
     /// Stores a batch from a cluster's agent; returns the new acknowledged sequence.
     func ingestAudit(cluster: ClusterName, firstSequence: UInt64, events: [Data]) throws -> UInt64 {
+        // The sequence comes from the agent: every number of the batch must fit
+        // the store's signed 64-bit integers before any arithmetic on it.
+        guard firstSequence >= 1, firstSequence <= UInt64(Int64.max) - UInt64(events.count) else {
+            throw TetherError(.invalidArgument, "audit batch numbered from \(firstSequence): sequences run from 1 to \(Int64.max)")
+        }
         let indexed = events.enumerated().map { i, raw in
             do {
                 return try IndexedAuditEvent(raw: raw)

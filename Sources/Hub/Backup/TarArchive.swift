@@ -81,7 +81,10 @@ enum TarArchive {
             guard header[156] == UInt8(ascii: "0") || header[156] == 0 else { throw bad("'\(name)' is not a regular file") }
             guard !name.isEmpty, !name.contains("/") else { throw bad("unexpected entry '\(name)'") }
             let start = offset + 512
-            guard start + UInt64(size) <= length else { throw bad("'\(name)' is cut short (truncated?)") }
+            // A crafted header can carry a negative size (octal "-1", or base-256 with
+            // the sign bit set) or one past the file: refused before any arithmetic.
+            guard size >= 0 else { throw bad("'\(name)' has a negative size (damaged or crafted)") }
+            guard start <= length, UInt64(size) <= length - start else { throw bad("'\(name)' is cut short (truncated?)") }
             entries.append(Entry(name: name, mode: mode, size: size, offset: start))
             offset = start + UInt64((size + 511) / 512 * 512)
         }
