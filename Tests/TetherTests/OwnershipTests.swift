@@ -79,6 +79,16 @@ import Testing
         }
     }
 
+    /// The decision itself, without a server: only a live object carrying the label
+    /// (and a resourceVersion to pin the write to) is Tether's.
+    @Test func ownershipIsReadFromTheLiveObject() {
+        #expect(Ownership(live: nil) == .absent)
+        #expect(Ownership(live: ["metadata": ["name": "x", "resourceVersion": "7", "labels": ["app.kubernetes.io/managed-by": "tether"]]]) == .owned(resourceVersion: "7"))
+        #expect(Ownership(live: ["metadata": ["name": "x", "resourceVersion": "7"]]) == .foreign)
+        #expect(Ownership(live: ["metadata": ["name": "x", "resourceVersion": "7", "labels": ["app.kubernetes.io/managed-by": "helm"]]]) == .foreign)
+        #expect(Ownership(live: ["metadata": ["name": "x", "labels": ["app.kubernetes.io/managed-by": "tether"]]]) == .foreign, "no version to pin the write to")
+    }
+
     @Test func aForeignClusterAdminSurvivesRestartsExpiredAndRestartedWatches() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

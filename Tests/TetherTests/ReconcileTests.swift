@@ -185,6 +185,10 @@ import Testing
             for key in ["audit-webhook-token", "audit-ca.crt", "audit-ca.key"] {
                 #expect(webhook[path: ["data", key]]?.string != nil, "\(key)")
             }
+            // The label key holds a `/`: the apply bodies carried it as the emulator, like the
+            // real server (YAML 1.1), accepts it: unescaped (`\/` gets 400 BadRequest).
+            #expect(webhook[path: ["metadata", "labels", "app.kubernetes.io/name"]] == "tether-agent")
+            #expect(secret[path: ["metadata", "labels", "app.kubernetes.io/name"]] == "tether-agent")
             let firstEndpoint = try #require(first.endpoint)
             await first.shutdown()
             try await task.value

@@ -30,7 +30,7 @@ struct DriftWatcher: Service {
     var retryDelay: Duration = .seconds(1)
 
     func run() async throws {
-        try? await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 for resource in KubeResource.managed {
                     group.addTask { await watchLoop(resource) }
