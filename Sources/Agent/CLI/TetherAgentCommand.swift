@@ -95,6 +95,8 @@ struct RunCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // From here on SIGTERM and SIGINT stop the agent cleanly (see runUntilSignalled).
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
         // Everything the process writes (database, keys, identity) is private to it.
         umask(0o077)
         LoggingSystem.bootstrap { label in
@@ -119,7 +121,7 @@ struct RunCommand: AsyncParsableCommand {
             config.kubernetes = KubeConnection.inCluster()
         }
         let configuration = config
-        try await Self.runUntilSignalled(logger: logger) {
+        try await Self.runUntilSignalled(signals, logger: logger) {
             try await AgentRuntime.prepare(configuration, logger: logger)
             return try AgentRuntime(configuration: configuration, logger: logger)
         }
@@ -131,8 +133,8 @@ struct RunCommand: AsyncParsableCommand {
     /// API server that does not answer) ends the process without waiting for that
     /// work, which writes nothing that is not atomic; once the runtime runs, it is
     /// shut down gracefully (the hub link stops, also mid-enrollment).
-    static func runUntilSignalled(logger: Logger, prepare: @escaping @Sendable () async throws -> AgentRuntime) async throws {
-        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+    static func runUntilSignalled(_ signals: UnixSignalsSequence, logger: Logger,
+                                  prepare: @escaping @Sendable () async throws -> AgentRuntime) async throws {
         let (events, writer) = AsyncStream.makeStream(of: LifecycleEvent.self)
         let preparing = Task {
             do {
