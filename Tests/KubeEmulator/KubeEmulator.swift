@@ -11,7 +11,10 @@ import X509
 /// An in-memory Kubernetes API server for tests: HTTPS on 127.0.0.1 with a port the
 /// kernel picks, a throwaway CA, one accepted bearer token, and the REST semantics of
 /// kube-apiserver v1.36 for namespaces, service accounts, secrets, config maps, the
-/// four RBAC kinds and validating admission policies (and their bindings).
+/// four RBAC kinds and validating admission policies (and their bindings). It fails
+/// as a real server does too: apply bodies are read as YAML 1.1, watches end when the
+/// server decides (`start(watchTimeout:)`), on a 410 (`expireOpenWatches()`) and on a
+/// restart (`restart()`), and clients are expected to list again.
 ///
 /// ```swift
 /// let kube = try await KubeEmulator.start()
