@@ -89,6 +89,35 @@ import Testing
         #expect(Ownership(live: ["metadata": ["name": "x", "labels": ["app.kubernetes.io/managed-by": "tether"]]]) == .foreign, "no version to pin the write to")
     }
 
+    /// The write is pinned to the version that was seen labelled: if the object
+    /// changed hands between the read and the write, the server refuses the write
+    /// (409) and the writer decides again from what is there now.
+    @Test func aWriteLandsOnlyOnTheVersionSeenLabelled() async throws {
+        try await ReconcileTests().withEmulator { emulator, client, _ in
+            let writer = OwnedWriter(client: client)
+            let spec = try Self.desiredRole("view-pods")
+            #expect(try await writer.write(spec, resource: .clusterRole) == .created)
+            let seen = try #require(try await client.get(.clusterRole, name: "view-pods"))
+
+            // Edited (still labelled) after it was read: the stale write is refused, the
+            // fresh one puts it back.
+            var edited = try #require(emulator.object(.clusterRoles, name: "view-pods"))
+            edited[path: ["rules"]] = [["apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]]]
+            try emulator.put(edited)
+            #expect(try await writer.write(spec, resource: .clusterRole, seen: seen) == .changed)
+            #expect(emulator.object(.clusterRoles, name: "view-pods")?["rules"]?.arrayValue?.first?["resources"] == ["pods"])
+
+            // Taken over (label removed) after it was read: refused, nothing written.
+            let stale = try #require(try await client.get(.clusterRole, name: "view-pods"))
+            var taken = try #require(emulator.object(.clusterRoles, name: "view-pods"))
+            taken[path: ["metadata", "labels"]] = nil
+            taken[path: ["rules"]] = [["apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]]]
+            let theirs = try emulator.put(taken)
+            #expect(try await writer.write(spec, resource: .clusterRole, seen: stale) == .refused(OwnedWriter.foreignMessage("ClusterRole/view-pods")))
+            #expect(emulator.object(.clusterRoles, name: "view-pods") == theirs)
+        }
+    }
+
     @Test func aForeignClusterAdminSurvivesRestartsExpiredAndRestartedWatches() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
