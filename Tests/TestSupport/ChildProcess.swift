@@ -1,10 +1,46 @@
 import Foundation
 import Shared
 
+/// Where a child's output goes: a temporary file, not a pipe.
+///
+/// Reading pipes through `FileHandle.readabilityHandler` registers a libdispatch
+/// read source per pipe; clearing the handler cancels it asynchronously, so the
+/// pipe's descriptor could be closed, and its number reused by another test's
+/// socket, while the source was still registered. libdispatch's manager thread
+/// then crashed in `_dispatch_event_loop_drain` ("bad pointer dereference") about
+/// once in five full runs. A file needs no source, and a child another test spawns
+/// at the same moment that inherits the descriptor cannot hold up end-of-file.
+final class OutputFile: Sendable {
+    let path: String
+    let handle: FileHandle
+
+    init(_ label: String) throws {
+        path = FileManager.default.temporaryDirectory.path + "/tether-\(label)-\(UUID().uuidString.prefix(8)).out"
+        guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]),
+              let handle = FileHandle(forWritingAtPath: path) else {
+            throw TimedOut(what: "a temporary output file at \(path)", after: .zero)
+        }
+        self.handle = handle
+    }
+
+    /// Everything written so far.
+    var contents: String {
+        String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
+    }
+
+    /// Our copy of the write end; the child keeps its own.
+    func closeWriter() { try? handle.close() }
+
+    deinit {
+        // The handle closes itself if `closeWriter` never ran.
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
 /// A built binary run as a child process, its output captured for assertions.
 public final class ChildProcess: Sendable {
     public let process: Process
-    private let captured = Locked("")
+    private let captured: OutputFile
     private let exit = AsyncValue<Int32>()
 
     /// The directory holding the package's built products (next to the test bundle).
@@ -29,21 +65,18 @@ public final class ChildProcess: Sendable {
         env.removeValue(forKey: "TETHER_CREDENTIALS")
         for (k, v) in environment { env[k] = v }
         process.environment = env
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
+        captured = try OutputFile(URL(fileURLWithPath: executable).lastPathComponent)
+        process.standardOutput = captured.handle
+        process.standardError = captured.handle
         process.standardInput = FileHandle.nullDevice
-        let captured = self.captured
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if !data.isEmpty { captured.withLock { $0 += String(decoding: data, as: UTF8.self) } }
-        }
         let exit = self.exit
         process.terminationHandler = { p in exit.set(p.terminationStatus) }
+        defer { captured.closeWriter() }
         try process.run()
     }
 
-    public var output: String { captured.value }
+    /// Everything the child wrote to stdout and stderr so far.
+    public var output: String { captured.contents }
 
     public func waitForOutput(containing text: String, timeout: Duration = .seconds(30)) async throws {
         try await eventually(timeout: timeout, "output containing '\(text)'; got:\n\(output)") { self.output.contains(text) }
@@ -69,34 +102,16 @@ public func runCommand(_ executable: String, _ arguments: [String], environment:
     for (k, v) in environment { env[k] = v }
     process.environment = env
     process.standardInput = FileHandle.nullDevice
-    let out = Pipe(), err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    let stdout = Locked(Data()), stderr = Locked(Data())
-    let outDone = AsyncValue<Void>(), errDone = AsyncValue<Void>(), exited = AsyncValue<Int32>()
-    for (pipe, buffer, done) in [(out, stdout, outDone), (err, stderr, errDone)] {
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            if data.isEmpty {
-                handle.readabilityHandler = nil
-                done.set(())
-            } else {
-                buffer.withLock { $0.append(data) }
-            }
-        }
-    }
+    let name = URL(fileURLWithPath: executable).lastPathComponent
+    let out = try OutputFile(name), err = try OutputFile(name)
+    process.standardOutput = out.handle
+    process.standardError = err.handle
+    let exited = AsyncValue<Int32>()
     process.terminationHandler = { exited.set($0.terminationStatus) }
-    try process.run()
+    do {
+        defer { out.closeWriter(); err.closeWriter() }
+        try process.run()
+    }
     let status = await exited.value
-    // Output normally ends with the process. But a process another test spawns at
-    // the same moment can inherit these pipes' write ends and keep them open, so
-    // end-of-file is awaited for a short while only, never forever.
-    let deadline = ContinuousClock.now + .seconds(2)
-    while (outDone.current == nil || errDone.current == nil) && ContinuousClock.now < deadline {
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    for pipe in [out, err] {
-        pipe.fileHandleForReading.readabilityHandler = nil
-    }
-    return (status, String(decoding: stdout.value, as: UTF8.self), String(decoding: stderr.value, as: UTF8.self))
+    return (status, out.contents, err.contents)
 }

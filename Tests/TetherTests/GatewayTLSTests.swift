@@ -27,8 +27,11 @@ import X509
             security = .tls { $0.trustRoots = .certificates([.bytes(Array(caPEM.utf8), format: .pem)]) }
         }
         do {
+            // One connection attempt per call: a re-dial before the RPC gives up
+            // would be a second handshake, counted as a second refusal.
             let transport = try HTTP2ClientTransport.Posix(
-                target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: security)
+                target: .ipv4(address: "127.0.0.1", port: port), transportSecurity: security,
+                config: .defaults { $0.backoff = .init(initial: .seconds(600), max: .seconds(600), multiplier: 1, jitter: 0) })
             var options = CallOptions.defaults
             options.waitForReady = false
             options.timeout = .seconds(10)

@@ -22,8 +22,13 @@ struct RawConnection {
             .connect(host: "127.0.0.1", port: port).get())
     }
 
+    /// Sends `bytes`; a connection the server already closed (its deadline
+    /// passed first on a loaded machine) is not an error here.
     func send(_ bytes: [UInt8]) async throws {
-        try await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
+        do {
+            try await channel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
+        } catch ChannelError.ioOnClosedChannel {
+        }
     }
 
     /// Fails if the server has not closed the connection within `bound` (a
@@ -107,7 +112,7 @@ enum TLSProbe {
 /// Every listener closes connections that do not prove themselves in time, caps
 /// how many may be trying at once, and offers only strong TLS 1.2 suites.
 @Suite struct ListenerHardeningTests {
-    static let quick = ConnectionLimits(handshakeTimeout: .milliseconds(300), firstBytesTimeout: .milliseconds(300), maxPending: 64)
+    static let quick = ConnectionLimits(handshakeTimeout: .seconds(1), firstBytesTimeout: .seconds(1), maxPending: 64)
 
     static func refused(_ listener: String, _ reason: ConnectionRefusal, in exposition: String) -> Double {
         metric(#"tether_connections_refused_total{listener="\#(listener)",reason="\#(reason.rawValue)"}"#, in: exposition)
