@@ -109,12 +109,3 @@ enum HubBackup {
         return manifest
     }
 }
-
-enum ByteCount {
-    static func format(_ bytes: Int) -> String {
-        if bytes >= 1 << 30 { return String(format: "%.1f GiB", Double(bytes) / Double(1 << 30)) }
-        if bytes >= 1 << 20 { return String(format: "%.1f MiB", Double(bytes) / Double(1 << 20)) }
-        if bytes >= 1 << 10 { return String(format: "%.1f KiB", Double(bytes) / Double(1 << 10)) }
-        return "\(bytes) B"
-    }
-}

@@ -139,8 +139,8 @@ extension HubDatabase {
             let size = WireLimits.desiredStateBytes(objects: objects.lazy.map { ($0.bundle, $0.json.count) })
             guard size <= WireLimits.maxDesiredStateBytes else {
                 throw TetherError(.invalidArgument, """
-                    cluster \(cluster.name)'s desired state would be \(WireLimits.describe(size)), over the \
-                    \(WireLimits.describe(WireLimits.maxDesiredStateBytes)) one message to its agent can carry; \
+                    cluster \(cluster.name)'s desired state would be \(ByteCount.format(size)), over the \
+                    \(ByteCount.format(WireLimits.maxDesiredStateBytes)) one message to its agent can carry; \
                     split the bundles or narrow their cluster selectors
                     """)
             }

@@ -1,5 +1,3 @@
-import Foundation
-
 /// Message sizes on the agent channel, one set for both ends.
 ///
 /// gRPC refuses a message over its receiver's limit ("Failed to decode message"),
@@ -21,12 +19,5 @@ public enum WireLimits {
     /// 128 for the revision and hash.
     public static func desiredStateBytes(objects: some Sequence<(bundle: String, json: Int)>) -> Int {
         objects.reduce(128) { $0 + $1.json + $1.bundle.utf8.count + 16 }
-    }
-
-    /// `bytes` for people: "16.0 MiB", "512 KiB", "900 bytes".
-    public static func describe(_ bytes: Int) -> String {
-        if bytes >= 1 << 20 { return String(format: "%.1f MiB", Double(bytes) / Double(1 << 20)) }
-        if bytes >= 1 << 10 { return "\(bytes >> 10) KiB" }
-        return "\(bytes) bytes"
     }
 }
