@@ -32,8 +32,8 @@ import Testing
                          logger: testLogger, pollInterval: .milliseconds(20))
     }
 
-    func spooled(_ spool: AuditSpool) throws -> [Data] {
-        try spool.read(after: 0, maxEvents: 100_000, maxBytes: 1 << 30).map(\.payload)
+    func spooled(_ spool: AuditSpool) async throws -> [Data] {
+        try await spool.read(after: 0, maxEvents: 100_000, maxBytes: 1 << 30).map(\.payload)
     }
 
     @Test func followsRenameAndCopyTruncateAndResumesAfterRestartWithoutDuplicates() async throws {
@@ -72,7 +72,7 @@ import Testing
         try await eventually("800 after truncate") { spool.lastSequence == 800 }
         await running.stop()
 
-        let stored = try spooled(spool)
+        let stored = try await spooled(spool)
         #expect(stored == Array(lines), "every line once, in order")
     }
 
@@ -93,6 +93,6 @@ import Testing
         try handle.close()
         try await eventually("third after its newline") { spool.lastSequence == 3 }
         await running.stop()
-        #expect(try spooled(spool) == [lines[0], lines[1], lines[2]])
+        #expect(try await spooled(spool) == [lines[0], lines[1], lines[2]])
     }
 }

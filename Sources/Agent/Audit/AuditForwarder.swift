@@ -46,7 +46,7 @@ struct AuditForwarder: ChannelParticipant {
                         await spool.changed.wait(after: seen)
                         continue
                     }
-                    let events = try spool.read(after: cursor, maxEvents: batchSize, maxBytes: 16 << 20)
+                    let events = try await spool.read(after: cursor, maxEvents: batchSize, maxBytes: 16 << 20)
                     guard let last = events.last else {
                         await spool.changed.wait(after: seen)
                         continue
@@ -65,17 +65,17 @@ struct AuditForwarder: ChannelParticipant {
                     if start.value == nil {
                         if acked > spool.lastSequence {
                             logger.warning("the hub has audit events up to \(acked) but this agent's spool ends at \(spool.lastSequence) (state dir lost?); renumbering pending events after the hub's")
-                            try spool.renumber(above: acked)
+                            try await spool.renumber(above: acked)
                         } else if acked < spool.acknowledged {
                             logger.error("the hub has audit events only up to \(acked) but acknowledged up to \(spool.acknowledged) before (hub restored from a backup?); events \(acked + 1)...\(spool.acknowledged) were trimmed here and are lost with the hub's newer data; renumbering pending events after the hub's")
-                            try spool.renumber(above: acked)
+                            try await spool.renumber(above: acked)
                         }
-                        try spool.acknowledge(upTo: acked)
+                        try await spool.acknowledge(upTo: acked)
                         logger.info("audit stream open", metadata: ["hubHas": "\(acked)", "spooled": "\(spool.lastSequence)"])
                         start.value = acked
                         started.notify()
                     } else {
-                        try spool.acknowledge(upTo: acked)
+                        try await spool.acknowledge(upTo: acked)
                     }
                     metrics.auditAcknowledged.set(Int64(acked))
                 }

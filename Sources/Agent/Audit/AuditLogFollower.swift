@@ -82,7 +82,7 @@ final class AuditLogFollower: Service, Sendable {
                     }
                 }
                 do {
-                    try spool.append(events)
+                    try await spool.append(events)
                 } catch is AuditSpool.Full {
                     // Wait for the forwarder to drain; the file keeps the events meanwhile.
                     metrics.auditRejected("spool-full")

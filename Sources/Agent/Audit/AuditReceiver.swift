@@ -43,7 +43,7 @@ enum AuditReceiver {
             }
             let range: ClosedRange<UInt64>?
             do {
-                range = try spool.append(events)
+                range = try await spool.append(events)
             } catch let full as AuditSpool.Full {
                 metrics.auditRejected("spool-full")
                 logger.warning("audit spool full; answering 429", metadata: ["size": "\(full.size)", "limit": "\(full.limit)"])

@@ -16,6 +16,9 @@ struct AgentConfiguration: Sendable {
     /// nil: no audit webhook.
     var auditListen: HostPort? = HostPort(host: "0.0.0.0", port: 8444)
     var auditSpoolMax: Int64 = 1 << 30
+    /// Most events per audit batch sent to the hub. `TETHER_AUDIT_FORWARD_BATCH`
+    /// overrides it: tests make it small so that a kill lands mid-forward.
+    var auditForwardBatchSize = ProcessInfo.processInfo.environment["TETHER_AUDIT_FORWARD_BATCH"].flatMap(Int.init).flatMap { $0 > 0 ? $0 : nil } ?? 10_000
     var auditTLSCertFile: String?
     var auditTLSKeyFile: String?
     /// An API server audit log to follow instead of (or besides) the webhook.
@@ -71,9 +74,11 @@ final class AgentRuntime: Sendable {
         } else {
             store = FileIdentityStore(directory: c.stateDirectory)
         }
+        var forwarder = AuditForwarder(spool: spool, metrics: metrics, logger: logger)
+        forwarder.batchSize = c.auditForwardBatchSize
         let link = HubLink(
             store: store, joinString: c.joinString, logger: logger, metrics: metrics,
-            participants: [AuditForwarder(spool: spool, metrics: metrics, logger: logger)], applier: applier)
+            participants: [forwarder], applier: applier)
         self.metrics = metrics
         self.spool = spool
         self.link = link
