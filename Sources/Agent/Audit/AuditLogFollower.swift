@@ -1,3 +1,4 @@
+import Dispatch
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -27,6 +28,8 @@ final class AuditLogFollower: Service, Sendable {
     }
 
     static let headSize = 256
+    /// The log's reads and the position file's fsync run here, off the cooperative pool.
+    private let io = DispatchQueue(label: "tether.audit-log-follower")
 
     init(path: String, spool: AuditSpool, stateDir: String, metrics: AgentMetrics, logger: Logger, pollInterval: Duration = .milliseconds(250)) {
         self.path = path
@@ -66,7 +69,8 @@ final class AuditLogFollower: Service, Sendable {
                 position = Position(inode: inode, offset: 0)
                 pending = Data()
             }
-            let chunk = Self.read(fd: fd, at: position!.offset + Int64(pending.count), max: 4 << 20)
+            let readFrom = position!.offset + Int64(pending.count)
+            let chunk = try await offPool { [fd] in Self.read(fd: fd, at: readFrom, max: 4 << 20) }
             if !chunk.isEmpty {
                 pending.append(chunk)
                 // Only whole lines; a partial last line waits for its newline.
@@ -96,7 +100,8 @@ final class AuditLogFollower: Service, Sendable {
                     position!.head = Self.read(fd: fd, at: 0, max: Self.headSize)
                 }
                 pending = Data(pending[(lastNewline + 1)...])
-                try savePosition(position!)
+                let reached = position!
+                try await offPool { try self.savePosition(reached) }
                 continue
             }
             // At the end: if the path now names another file, the old one was renamed
@@ -106,7 +111,7 @@ final class AuditLogFollower: Service, Sendable {
                 close(fd)
                 fd = -1
                 position = nil
-                try savePosition(Position(inode: current, offset: 0))
+                try await offPool { try self.savePosition(Position(inode: current, offset: 0)) }
                 position = Position(inode: current, offset: 0)
                 continue
             }
@@ -122,6 +127,12 @@ final class AuditLogFollower: Service, Sendable {
               object["stageTimestamp"] is String
         else { return nil }
         return line
+    }
+
+    private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            io.async { continuation.resume(with: Result { try body() }) }
+        }
     }
 
     private func loadPosition() -> Position? {
