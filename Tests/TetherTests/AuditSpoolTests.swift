@@ -145,6 +145,26 @@ import Testing
         #expect(try await reopened.append(Self.payloads(21...21)) == 21...21)
     }
 
+    @Test func damageAmongAcknowledgedEventsDoesNotStopForwardingWhatFollows() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let spoolDir = dir.sub("spool")
+        let spool = try AuditSpool(directory: spoolDir)
+        try await spool.append(Self.payloads(1...10))
+        try await spool.acknowledge(upTo: 5)
+        let segment = try #require(try Self.segments(in: spoolDir).only, "not trimmed: 6...10 are pending")
+        let damagedAt = Int64(2 * Self.frameSize)  // event 3, already at the hub
+        try Self.flipByte(in: segment, at: damagedAt + Int64(AuditSpool.headerSize))
+
+        #expect(try await Self.readAll(spool, after: 5, batch: 3).map(\.payload) == Self.payloads(6...10))
+        let reopened = try AuditSpool(directory: spoolDir)
+        #expect(reopened.lastSequence == 10)
+        #expect(reopened.damaged == [AuditSpool.Damaged(path: segment, offset: damagedAt, sequence: 3)], "still reported")
+        #expect(try await Self.readAll(reopened, after: 5).map(\.payload) == Self.payloads(6...10))
+        // Whoever needs event 3 itself gets the error.
+        await #expect(throws: AuditSpool.Damaged.self) { try await Self.readAll(reopened, after: 1) }
+    }
+
     @Test func acknowledgedEventsAreTrimmedWithTheirSegmentsAndNumberingIsKept() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -257,6 +257,19 @@ final class AuditSpool: Sendable {
                 offset += Int64(local)
             }
             cursor.value = Cursor(path: segment.path, offset: offset, nextSequence: expected)
+            if let found = damaged, found.sequence <= sequence,
+               let after = try Self.framesPastDamage(in: segment, after: sequence, maxEvents: maxEvents, maxBytes: maxBytes) {
+                // The damage is among events the caller already has (acknowledged, its
+                // segment not yet trimmed): what it asks for lies whole beyond it.
+                damages.withLock { $0.formUnion(after.damages) }
+                cursor.value = nil
+                result = after.frames
+                if !result.isEmpty { return result }
+                index += 1
+                offset = 0
+                if index < segments.count { expected = segments[index].first }
+                continue
+            }
             if let damaged {
                 damages.withLock { _ = $0.insert(damaged) }
                 // Hand over what came before it first; the next read starts at the damage.
@@ -272,6 +285,30 @@ final class AuditSpool: Sendable {
     }
 
     static let readChunk = 1 << 20
+
+    /// Up to `maxEvents` frames (and about `maxBytes`) after `sequence` of a segment damaged only before
+    /// `sequence + 1`, found by scanning past the damage; nil if any of the events
+    /// after `sequence` cannot be read.
+    private static func framesPastDamage(in segment: Segment, after sequence: UInt64, maxEvents: Int, maxBytes: Int) throws
+        -> (frames: [Event], damages: [Damaged])? {
+        let scanned = try scan(path: segment.path, first: segment.first, collect: true, upTo: segment.size)
+        guard scanned.validBytes == segment.size else { return nil }
+        let wanted = scanned.frames.drop { $0.sequence <= sequence }
+        let last = scanned.lastSequence ?? 0
+        if wanted.isEmpty {
+            guard last <= sequence else { return nil }
+        } else {
+            // Whole and in order from sequence + 1: no gap left by the damage.
+            guard wanted.first!.sequence == sequence + 1, UInt64(wanted.count) == last - sequence else { return nil }
+        }
+        var frames: [Event] = []
+        var bytes = 0
+        for frame in wanted where frames.count < maxEvents && bytes < maxBytes {
+            frames.append(frame)
+            bytes += frame.payload.count
+        }
+        return (frames, scanned.damages)
+    }
 
     private struct Cursor: Sendable {
         var path: String
