@@ -5,8 +5,11 @@ import Logging
 import Shared
 
 /// Something that runs over the hub channel while it is up (and is cancelled when
-/// it goes down), sharing its connection.
+/// it goes down), sharing its connection. `run` should not return while the
+/// channel is up: the hub link treats any return or error as a failure of `part`
+/// and restarts it or re-dials (see `ChannelSupervisor`).
 protocol ChannelParticipant: Sendable {
+    var part: ChannelPart { get }
     func run(over client: GRPCClient<HTTP2ClientTransport.Posix>) async throws
 }
 
@@ -20,6 +23,8 @@ struct AuditForwarder: ChannelParticipant {
     /// The hub accepts messages of up to 32 MiB; batches stop at 16 MiB.
     var batchSize = 10_000
     var window: UInt64 = 50_000
+
+    var part: ChannelPart { .audit }
 
     func run(over client: GRPCClient<HTTP2ClientTransport.Posix>) async throws {
         let start = Locked<UInt64?>(nil)

@@ -27,7 +27,18 @@ final class AgentMetrics: Sendable {
             name: "tether_agent_audit_oldest_unacknowledged_seconds", help: "Age of the oldest event the hub has not acknowledged (0 if none).")
         connected.set(Int64(0))
         for reason in Self.rejectionReasons { rejected(reason).increment(by: Int64(0)) }
+        for part in ChannelPart.allCases { channelRestarts(part).increment(by: Int64(0)) }
     }
+
+    private func channelRestarts(_ part: ChannelPart) -> Counter {
+        registry.makeCounter(
+            descriptor: .init(metricName: "tether_agent_channel_restarts_total",
+                              helpText: "Parts of the hub channel that failed while it was up and were restarted, or made the channel re-dial, by part."),
+            labels: [("part", part.rawValue)])
+    }
+
+    /// A part of the hub channel failed (restarted alone, or the channel re-dials).
+    func channelPartFailed(_ part: ChannelPart) { channelRestarts(part).increment() }
 
     static let rejectionReasons = ["malformed", "oversized", "spool-full", "unauthorized", "storage-error"]
 

@@ -165,8 +165,9 @@ final class HubLink: Service, Sendable {
         }
     }
 
-    /// Reads the hub's messages; once welcomed, runs the heartbeat and renewal
-    /// timers until the hub's stream ends.
+    /// Reads the hub's messages; once welcomed, runs the channel's parts
+    /// (heartbeats, policy, renewal, participants such as the audit forwarder) under
+    /// supervision until the hub's stream ends or a part's failure closes the channel.
     private func handle(
         _ messages: RPCAsyncSequence<Tether_V1_HubMessage, any Error>,
         outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation,
@@ -175,46 +176,129 @@ final class HubLink: Service, Sendable {
     ) async throws -> Bool {
         let pendingKey = Locked<P256.Signing.PrivateKey?>(nil)
         let (desiredStates, desiredWriter) = AsyncStream.makeStream(of: Tether_V1_DesiredState.self, bufferingPolicy: .bufferingNewest(1))
-        var welcomed = false
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        let (welcomes, welcomeWriter) = AsyncStream.makeStream(of: Tether_V1_Welcome.self, bufferingPolicy: .bufferingNewest(1))
+        let supervisor = Locked(ChannelSupervisor())
+        return try await withThrowingTaskGroup(of: Void.self) { group in
             defer { group.cancelAll() }
-            for try await message in messages {
-                switch message.kind {
-                case .welcome(let welcome):
-                    guard !welcomed else { continue }
-                    welcomed = true
-                    let interval = Duration.milliseconds(Int64(max(welcome.heartbeatIntervalSeconds, 0.05) * 1000))
-                    status.withLock {
-                        $0.connected = true
-                        $0.lastError = nil
-                        $0.channelsOpened += 1
-                    }
-                    metrics.connected.set(Int64(1))
-                    logger.notice("connected to hub", metadata: [
-                        "cluster": "\(welcome.clusterName)", "hubVersion": "\(welcome.hubVersion)",
-                        "heartbeat": "\(DurationParser.format(interval))"])
-                    group.addTask { try await self.sendHeartbeats(every: interval, outbox: outbox) }
-                    group.addTask { try await self.applyDesiredStates(desiredStates, outbox: outbox) }
-                    if let drift = applier.driftReports {
-                        group.addTask { await self.forwardDrift(drift, outbox: outbox) }
-                    }
-                    for participant in participants {
-                        group.addTask { try await participant.run(over: client) }
-                    }
-                    group.addTask { try await self.renewWhenDue(identity: identity, pendingKey: pendingKey, retry: max(interval, Duration.seconds(1)), outbox: outbox) }
-                case .renewed(let renewed):
-                    guard let key = pendingKey.withLock({ $0 }) else { continue }
-                    try await acceptRenewal(renewed, key: key, identity: identity)
-                    pendingKey.withLock { $0 = nil }
-                case .desired(let desired):
-                    // Only the newest matters: a later revision replaces one not yet applied.
-                    desiredWriter.yield(desired)
-                case .heartbeatAck, .none:
-                    continue
+            group.addTask {
+                defer { welcomeWriter.finish() }
+                try await self.readMessages(messages, welcome: welcomeWriter, desired: desiredWriter, pendingKey: pendingKey, identity: identity)
+            }
+            var welcomed = false
+            for await welcome in welcomes {
+                welcomed = true
+                let interval = Duration.milliseconds(Int64(max(welcome.heartbeatIntervalSeconds, 0.05) * 1000))
+                status.withLock {
+                    $0.connected = true
+                    $0.lastError = nil
+                    $0.channelsOpened += 1
                 }
+                metrics.connected.set(Int64(1))
+                logger.notice("connected to hub", metadata: [
+                    "cluster": "\(welcome.clusterName)", "hubVersion": "\(welcome.hubVersion)",
+                    "heartbeat": "\(DurationParser.format(interval))"])
+                group.addTask {
+                    try await self.supervised(.heartbeat, supervisor) { try await self.sendHeartbeats(every: interval, outbox: outbox) }
+                }
+                group.addTask {
+                    try await self.supervised(.policy, supervisor) { try await self.applyDesiredStates(desiredStates, outbox: outbox) }
+                }
+                if let drift = applier.driftReports {
+                    group.addTask {
+                        try await self.supervised(.policy, supervisor) { await self.forwardDrift(drift, outbox: outbox) }
+                    }
+                }
+                for participant in participants {
+                    group.addTask {
+                        try await self.supervised(participant.part, supervisor) { try await participant.run(over: client) }
+                    }
+                }
+                group.addTask {
+                    try await self.supervised(.renewal, supervisor) {
+                        try await self.renewWhenDue(identity: identity, pendingKey: pendingKey, retry: max(interval, Duration.seconds(1)), outbox: outbox)
+                    }
+                }
+                break
+            }
+            // The first child to end ends the channel: the reader (the hub closed or
+            // failed the stream) or a part whose failure calls for a re-dial.
+            _ = try await group.next()
+            return welcomed
+        }
+    }
+
+    /// The hub's messages, until its stream ends: the first Welcome goes to
+    /// `welcome`, desired states to the applier, renewed certificates are stored.
+    private func readMessages(
+        _ messages: RPCAsyncSequence<Tether_V1_HubMessage, any Error>,
+        welcome: AsyncStream<Tether_V1_Welcome>.Continuation,
+        desired: AsyncStream<Tether_V1_DesiredState>.Continuation,
+        pendingKey: Locked<P256.Signing.PrivateKey?>,
+        identity: Locked<AgentIdentity>
+    ) async throws {
+        var welcomed = false
+        for try await message in messages {
+            switch message.kind {
+            case .welcome(let first):
+                guard !welcomed else { continue }
+                welcomed = true
+                welcome.yield(first)
+            case .renewed(let renewed):
+                guard let key = pendingKey.withLock({ $0 }) else { continue }
+                try await acceptRenewal(renewed, key: key, identity: identity)
+                pendingKey.withLock { $0 = nil }
+            case .desired(let state):
+                // Only the newest matters: a later revision replaces one not yet applied.
+                desired.yield(state)
+            case .heartbeatAck, .none:
+                continue
             }
         }
-        return welcomed
+    }
+
+    /// Runs one part of the channel and carries out what `ChannelSupervisor`
+    /// decides whenever it stops while the channel is up: every stop is logged and
+    /// counted in `tether_agent_channel_restarts_total{part}`, then the part is run
+    /// again after a backoff, or this throws to close the channel for a re-dial.
+    /// A stop because the channel is going down (cancellation) is not a failure.
+    private func supervised(
+        _ part: ChannelPart, _ supervisor: Locked<ChannelSupervisor>, _ body: @Sendable () async throws -> Void
+    ) async throws {
+        while true {
+            let started = ContinuousClock.now
+            let failure: String
+            var fromHub = true
+            do {
+                try await body()
+                failure = "it ended while the channel was up"
+            } catch {
+                if Task.isCancelled { throw CancellationError() }
+                failure = Self.describe(error)
+                fromHub = error is RPCError
+            }
+            try Task.checkCancellation()
+            let ran = ContinuousClock.now - started
+            let action = supervisor.withLock { $0.partStopped(part, after: ran, fromHub: fromHub) }
+            metrics.channelPartFailed(part)
+            switch action {
+            case .restart(_, let delay):
+                logger.warning("channel part failed; restarting it", metadata: [
+                    "part": "\(part.rawValue)", "error": "\(failure)", "ranFor": "\(DurationParser.format(ran))",
+                    "restartIn": "\(String(format: "%.1f", delay.seconds))s"])
+                try await Task.sleep(for: delay)
+            case .closeChannel:
+                logger.error("channel part failed; closing the channel to re-dial the hub", metadata: [
+                    "part": "\(part.rawValue)", "error": "\(failure)", "ranFor": "\(DurationParser.format(ran))"])
+                // .unavailable: the link's retry loop re-dials with backoff (never an exit).
+                throw TetherError(.unavailable, "the channel's \(part.rawValue) part failed (\(failure)); re-dialing")
+            }
+        }
+    }
+
+    private static func describe(_ error: any Error) -> String {
+        if let rpc = error as? RPCError { return "\(rpc.code): \(rpc.message)" }
+        if let tether = error as? TetherError { return "\(tether.code): \(tether.message)" }
+        return "\(error)"
     }
 
     /// Applies desired states one at a time, newest first, and reports each.

@@ -1,25 +1,67 @@
+import Foundation
 import GRPCCore
 import Shared
 
 extension AgentLinkService {
     /// `StreamAudit`: tells the agent where the hub's log of its cluster ends, then
     /// stores each batch and acknowledges it once the transaction has committed.
+    ///
+    /// Registered with the connection registry like the link, so removing the
+    /// cluster cuts it at once; closed when its certificate runs out (unless the
+    /// link on the same connection renewed it).
     func streamAudit(
         request: RPCAsyncSequence<Tether_V1_AuditBatch, any Error>,
         response: RPCWriter<Tether_V1_AuditAck>,
         context: ServerContext
     ) async throws {
-        guard case .agent(let cluster, _, _) = try AgentPeer(context: context, ca: core.ca.certificate) else {
+        guard case .agent(let cluster, let serial, let certificate) = try AgentPeer(context: context, ca: core.ca.certificate) else {
             throw RPCError(code: .unauthenticated, message: "an agent certificate is required")
         }
+        let peer = "\(context.remotePeer)"
+        let (closeSignals, closer) = AsyncStream.makeStream(of: TetherError.self)
+        let id = core.registry.register(cluster, stream: .audit, peer: peer, close: { reason in
+            closer.yield(reason)
+            closer.finish()
+        })
+        defer { core.registry.unregister(cluster, id: id) }
         do {
-            try await response.write(.with { $0.acknowledgedSequence = try core.auditAcknowledged(cluster) })
-            for try await batch in request {
-                let acked = try core.ingestAudit(cluster: cluster, firstSequence: batch.firstSequence, events: batch.events)
-                try await response.write(.with { $0.acknowledgedSequence = acked })
+            // A removal that raced the interceptor's check still wins.
+            guard try core.database.standing(ofCertificate: serial) == .active else {
+                throw TetherError(.clusterRevoked, "the certificate for cluster '\(cluster)' was revoked")
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await response.write(.with { $0.acknowledgedSequence = try core.auditAcknowledged(cluster) })
+                    for try await batch in request {
+                        let acked = try core.ingestAudit(cluster: cluster, firstSequence: batch.firstSequence, events: batch.events)
+                        try await response.write(.with { $0.acknowledgedSequence = acked })
+                    }
+                }
+                group.addTask {
+                    try await watchAuditCertificate(cluster: cluster, peer: peer, notAfter: certificate.notValidAfter)
+                }
+                group.addTask {
+                    for await reason in closeSignals { throw reason }
+                }
+                _ = try await group.next()
+                group.cancelAll()
             }
         } catch let error as TetherError {
+            core.logger.info("audit stream closed", metadata: ["cluster": "\(cluster)", "peer": "\(peer)", "reason": "\(error.message)"])
             throw error.rpcError
+        }
+    }
+
+    /// Ends the audit stream when its certificate runs out; a renewal on the link
+    /// of the same connection extends it, as it extends the link.
+    private func watchAuditCertificate(cluster: ClusterName, peer: String, notAfter: Date) async throws {
+        while true {
+            let deadline = max(notAfter, core.registry.linkCertificateDeadline(cluster, peer: peer) ?? notAfter)
+            let untilExpiry = deadline.timeIntervalSince(core.clock.now())
+            if untilExpiry <= 0 {
+                throw TetherError(.certificateExpired, "the audit stream's certificate expired without renewal")
+            }
+            try await Task.sleep(for: .milliseconds(Int64(untilExpiry * 1000) + 1))
         }
     }
 }

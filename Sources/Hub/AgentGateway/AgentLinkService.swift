@@ -44,7 +44,7 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                     for await message in outbox { try await response.write(message) }
                 }
                 group.addTask {
-                    try await readMessages(request, outbox: outboxWriter, cluster: cluster, serial: serial, session: session,
+                    try await readMessages(request, outbox: outboxWriter, cluster: cluster, serial: serial, peer: "\(context.remotePeer)", session: session,
                                            closer: closer, policyChanged: policyChanged, logger: logger)
                 }
                 group.addTask {
@@ -69,12 +69,13 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
     private func readMessages(
         _ request: RPCAsyncSequence<Tether_V1_AgentMessage, any Error>,
         outbox: AsyncStream<Tether_V1_HubMessage>.Continuation,
-        cluster: ClusterName, serial: String, session: SessionState,
+        cluster: ClusterName, serial: String, peer: String, session: SessionState,
         closer: AsyncStream<TetherError>.Continuation,
         policyChanged: ChangeSignal,
         logger: Logger
     ) async throws {
         var sawHello = false
+        var sawUnknown = false
         for try await message in request {
             session.heard()
             switch message.kind {
@@ -87,7 +88,8 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 sawHello = true
                 session.agentVersion = hello.agentVersion
                 try core.database.recordHeartbeat(cluster, agentVersion: hello.agentVersion, now: core.clock.now())
-                session.registrationID = core.registry.register(cluster, close: { reason in
+                session.registrationID = core.registry.register(
+                    cluster, stream: .link, peer: peer, certificateDeadline: { session.certificateDeadline }, close: { reason in
                     closer.yield(reason)
                     closer.finish()
                 }, nudge: { policyChanged.notify() })
@@ -131,6 +133,15 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                     // The status row keeps only the last drift; the audit log keeps every one.
                     core.audit(HubAction(verb: "repair", resource: "policyobjects", name: result.object, user: "agent:\(cluster)", code: 200,
                                          message: "cluster \(cluster), bundle \(result.bundle): \(result.message ?? "repaired drift")"))
+                }
+            case .none where sawHello:
+                // A message kind this hub does not know (from a newer agent): skip it
+                // rather than end a channel whose other messages it understands.
+                core.metrics.unknownAgentMessages.increment()
+                if !sawUnknown {
+                    sawUnknown = true
+                    logger.notice("ignoring a message of a kind this hub does not know (newer agent?); counted in tether_agent_unknown_messages_total",
+                                  metadata: ["agentVersion": "\(session.agentVersion)"])
                 }
             default:
                 throw RPCError(code: .failedPrecondition, message: "the first message on a channel must be Hello")

@@ -1,5 +1,31 @@
 import Foundation
 import Shared
+import Synchronization
+
+/// Test hook: makes the next `HubCore.ingestAudit` calls fail before storing
+/// anything, as a busy or failing database would, so tests can watch agents
+/// recover. Nothing but tests arms it.
+final class AuditIngestFaults: Sendable {
+    private let state = Mutex((armed: 0, fired: 0))
+
+    init() {}
+
+    /// Refuses the next `count` batches.
+    func refuseNext(_ count: Int = 1) { state.withLock { $0.armed += count } }
+
+    /// Batches refused so far.
+    var refused: Int { state.withLock { $0.fired } }
+
+    /// Whether to refuse this batch (consumes one armed fault).
+    func take() -> Bool {
+        state.withLock { s in
+            guard s.armed > 0 else { return false }
+            s.armed -= 1
+            s.fired += 1
+            return true
+        }
+    }
+}
 
 extension HubCore {
     /// Stores a batch from a cluster's agent; returns the new acknowledged sequence.
@@ -8,6 +34,9 @@ extension HubCore {
         // the store's signed 64-bit integers before any arithmetic on it.
         guard firstSequence >= 1, firstSequence <= UInt64(Int64.max) - UInt64(events.count) else {
             throw TetherError(.invalidArgument, "audit batch numbered from \(firstSequence): sequences run from 1 to \(Int64.max)")
+        }
+        if auditIngestFaults.take() {
+            throw TetherError(.storage, "the audit store refused the batch (a fault injected by a test)")
         }
         let indexed = events.enumerated().map { i, raw in
             do {

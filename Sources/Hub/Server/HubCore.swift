@@ -32,6 +32,8 @@ final class HubCore: Sendable {
     let joinAddress = AsyncValue<HostPort>()
     /// Serialises the hub's own audit events so each gets the next sequence.
     let hubAuditLock = Locked(())
+    /// Test hook only: injected audit ingest failures (see `AuditIngestFaults`).
+    let auditIngestFaults = AuditIngestFaults()
 
     init(database: HubDatabase, ca: CertificateAuthority, settings: HubSettings, clock: HubClock, metrics: HubMetrics, logger: Logger) {
         self.database = database

@@ -13,6 +13,7 @@ final class HubMetrics: Sendable {
     let handshakeRefusals: Counter
     let rpcRefusals: Counter
     let auditEventsStored: Counter
+    let unknownAgentMessages: Counter
 
     init() {
         agentsConnected = registry.makeGauge(name: "tether_agents_connected", help: "Agents with an open channel to this hub.")
@@ -22,6 +23,9 @@ final class HubMetrics: Sendable {
         handshakeRefusals = registry.makeCounter(name: "tether_agent_tls_refusals_total", help: "TLS handshakes refused on the agent listener.")
         rpcRefusals = registry.makeCounter(name: "tether_agent_rpc_refusals_total", help: "Agent RPCs refused for a revoked, unknown or wrong certificate.")
         auditEventsStored = registry.makeCounter(name: "tether_audit_events_ingested_total", help: "Audit events received from agents and the hub itself.")
+        unknownAgentMessages = registry.makeCounter(
+            name: "tether_agent_unknown_messages_total", help: "Channel messages of a kind this hub does not know (from newer agents), ignored.")
+        unknownAgentMessages.increment(by: Int64(0))
         agentsConnected.set(Int64(0))
     }
 
