@@ -33,7 +33,7 @@ extension AgentLinkService {
                 group.addTask {
                     try await response.write(.with { $0.acknowledgedSequence = try core.auditAcknowledged(cluster) })
                     for try await batch in request {
-                        let acked = try core.ingestAudit(cluster: cluster, firstSequence: batch.firstSequence, events: batch.events)
+                        let acked = try await Self.offThePool { try core.ingestAudit(cluster: cluster, firstSequence: batch.firstSequence, events: batch.events) }
                         try await response.write(.with { $0.acknowledgedSequence = acked })
                     }
                 }
@@ -52,16 +52,38 @@ extension AgentLinkService {
         }
     }
 
-    /// Ends the audit stream when its certificate runs out; a renewal on the link
-    /// of the same connection extends it, as it extends the link.
+    /// Ends the audit stream when its certificate runs out. While the cluster's link
+    /// is on the same connection, the stream follows the link: the link renews the
+    /// certificate and its watchdog closes it at expiry (judging expiry here too
+    /// would race a renewal the link is still processing). Once the link is gone,
+    /// the latest deadline it had, or the stream's own certificate's, applies.
     private func watchAuditCertificate(cluster: ClusterName, peer: String, notAfter: Date) async throws {
+        var deadline = notAfter
         while true {
-            let deadline = max(notAfter, core.registry.linkCertificateDeadline(cluster, peer: peer) ?? notAfter)
+            if let linkDeadline = core.registry.linkCertificateDeadline(cluster, peer: peer) {
+                deadline = max(deadline, linkDeadline)
+                // Look again just after the link's deadline (or soon, if it is past and the link is unwinding).
+                let wait = max(linkDeadline.timeIntervalSince(core.clock.now()), 0) + 0.05
+                try await Task.sleep(for: .milliseconds(Int64(wait * 1000)))
+                continue
+            }
             let untilExpiry = deadline.timeIntervalSince(core.clock.now())
             if untilExpiry <= 0 {
                 throw TetherError(.certificateExpired, "the audit stream's certificate expired without renewal")
             }
-            try await Task.sleep(for: .milliseconds(Int64(untilExpiry * 1000) + 1))
+            // A link that opens on this connection meanwhile is seen within a second.
+            try await Task.sleep(for: .milliseconds(min(Int64(untilExpiry * 1000) + 1, 1000)))
+        }
+    }
+
+    private static let ingestQueue = DispatchQueue(label: "tether.hub.audit-ingest")
+
+    /// Runs a synchronous store write on a queue of its own, so a large batch never
+    /// holds one of the cooperative pool's threads (two on a 2-core VM). SQLite
+    /// serialises writes anyway, so one queue loses nothing.
+    private static func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            ingestQueue.async { continuation.resume(with: Result { try body() }) }
         }
     }
 }

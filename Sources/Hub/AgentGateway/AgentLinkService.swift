@@ -39,24 +39,33 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
             }
         }
         do {
-            try await withThrowingTaskGroup(of: Void.self) { group in
+            try await withThrowingTaskGroup(of: Bool.self) { group in
+                // true: the writer, which ends the channel once it has sent everything queued.
                 group.addTask {
                     for await message in outbox { try await response.write(message) }
+                    return true
                 }
                 group.addTask {
                     try await readMessages(request, outbox: outboxWriter, cluster: cluster, serial: serial, peer: "\(context.remotePeer)", session: session,
                                            closer: closer, policyChanged: policyChanged, logger: logger)
+                    // The agent half-closed: send what is already queued (a Welcome to a
+                    // Hello that came just before the close), then end.
+                    outboxWriter.finish()
+                    return false
                 }
                 group.addTask {
                     try await sendDesiredStates(cluster: cluster, session: session, changed: policyChanged, outbox: outboxWriter)
+                    return false
                 }
                 group.addTask {
                     try await watch(session, interval: interval)
+                    return false
                 }
                 group.addTask {
                     for await reason in closeSignals { throw reason.rpcError }
+                    return false
                 }
-                _ = try await group.next()
+                while let writerDone = try await group.next(), !writerDone {}
                 group.cancelAll()
             }
             logger.info("agent disconnected", metadata: ["reason": "agent closed the channel"])
