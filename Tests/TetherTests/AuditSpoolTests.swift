@@ -101,6 +101,7 @@ import Testing
         #expect(try Self.size(segment) == size, "nothing after the damage is cut off")
         #expect(spool.damaged == [AuditSpool.Damaged(path: segment, offset: damagedAt, sequence: 15)])
         #expect(spool.damagedFrames == 1)
+        #expect(metric("tether_agent_audit_spool_damaged_frames", in: AgentMetrics().exposition(spool: spool)) == 1)
 
         #expect(try await spool.read(after: 0, maxEvents: 100).map(\.sequence) == Array(1...14), "what comes before the damage")
         let error = await #expect(throws: AuditSpool.Damaged.self) { try await spool.read(after: 14, maxEvents: 100) }

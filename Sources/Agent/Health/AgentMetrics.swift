@@ -14,6 +14,7 @@ final class AgentMetrics: Sendable {
     let auditAcknowledged: Gauge
     let auditSpooledBytes: Gauge
     let auditOldestUnacknowledgedAge: Gauge
+    let auditSpoolDamagedFrames: Gauge
 
     init() {
         connected = registry.makeGauge(name: "tether_agent_hub_connected", help: "1 while the channel to the hub is up.")
@@ -25,6 +26,10 @@ final class AgentMetrics: Sendable {
         auditSpooledBytes = registry.makeGauge(name: "tether_agent_audit_spool_bytes", help: "Bytes in the audit spool.")
         auditOldestUnacknowledgedAge = registry.makeGauge(
             name: "tether_agent_audit_oldest_unacknowledged_seconds", help: "Age of the oldest event the hub has not acknowledged (0 if none).")
+        auditSpoolDamagedFrames = registry.makeGauge(
+            name: "tether_agent_audit_spool_damaged_frames",
+            help: "Damaged frames found in the audit spool; forwarding stops at the first (never skipped or renumbered). Alert above 0.")
+        auditSpoolDamagedFrames.set(Int64(0))
         connected.set(Int64(0))
         for reason in Self.rejectionReasons { rejected(reason).increment(by: Int64(0)) }
         for part in ChannelPart.allCases { channelRestarts(part).increment(by: Int64(0)) }
@@ -58,6 +63,7 @@ final class AgentMetrics: Sendable {
     func exposition(spool: AuditSpool? = nil) -> String {
         if let spool {
             auditSpooledBytes.set(spool.sizeInBytes)
+            auditSpoolDamagedFrames.set(Int64(spool.damagedFrames))
             let oldest = spool.oldestUnacknowledged()
             auditOldestUnacknowledgedAge.set(oldest.map { max(0, Date().timeIntervalSince($0)) } ?? 0)
         }
