@@ -11,7 +11,7 @@ import SwiftProtobuf
 /// `tether-hub` on loopback. Prints sustained events/s stored at the hub, p50/p99
 /// from webhook 200 to stored, peak memory of both, and wire bytes per event.
 ///
-///     swift build -c release --product tether-hub --product tether-agent --product tether-bench-audit
+///     swift build -c release   # every product; several --product flags build only the last
 ///     .build/release/tether-bench-audit [--events 200000] [--batch 400] [--concurrency 8]
 @main
 struct AuditBenchmark {

@@ -14,7 +14,7 @@ import Shared
 /// enrollment, real mTLS channels, no Kubernetes), applies a bundle through the
 /// admin API and times, per agent, the arrival of the new desired state.
 ///
-///     swift build -c release --product tether-hub --product tether-bench-fanout
+///     swift build -c release   # every product; several --product flags build only the last
 ///     .build/release/tether-bench-fanout --agents 100,1000
 @main
 struct FanoutBenchmark {
