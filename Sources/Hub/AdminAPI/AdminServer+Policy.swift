@@ -96,22 +96,18 @@ extension AdminServer {
     static func bundleViews(core: HubCore, includeDocument: Bool) throws -> [BundleView] {
         let clusters = try core.database.clusters().filter { $0.revokedAt == nil }
         let entries = try core.database.bundleDocuments()
+        let stored = try entries.map { try PrivilegeCheck.StoredBundle(name: $0.name, document: $0.document) }
         // Wildcard roles by defining bundle, so a binding to another bundle's counts too.
-        var owners: [String: String] = [:]
-        for entry in entries {
-            let spec = (try JSONSerialization.jsonObject(with: entry.document) as? [String: Any])?["spec"] as? [String: Any] ?? [:]
-            for role in PrivilegeCheck.wildcardRoles(in: spec["resources"] as? [Any] ?? []) { owners[role] = entry.name }
-        }
-        return try entries.map { entry in
+        let owners = PrivilegeCheck.wildcardOwners(stored.map { ($0.name, $0.resources) })
+        return try zip(entries, stored).map { entry, bundle in
             let document = try JSONSerialization.jsonObject(with: entry.document) as! [String: Any]
             let spec = document["spec"] as? [String: Any] ?? [:]
             let selector = try JSONDecoder().decode(LabelSelector.self, from: JSONSerialization.data(withJSONObject: spec["clusterSelector"] ?? [:]))
-            let resources = spec["resources"] as? [Any] ?? []
             return BundleView(
-                name: entry.name, clusterSelector: selector, resources: resources.count,
+                name: entry.name, clusterSelector: selector, resources: bundle.resources.count,
                 clusters: clusters.filter { selector.matches($0.labels) }.map(\.name), updatedAt: entry.updatedAt,
-                allowPrivileged: spec["allowPrivileged"] as? Bool ?? false,
-                privilegedGrants: PrivilegeCheck.grants(in: resources, elsewhere: owners.filter { $0.value != entry.name })
+                allowPrivileged: bundle.allowPrivileged,
+                privilegedGrants: PrivilegeCheck.grants(in: bundle.resources, elsewhere: owners.filter { $0.value != entry.name })
                     .map { "\($0.object) \($0.reason)" },
                 document: includeDocument ? String(decoding: entry.document, as: UTF8.self) : nil)
         }

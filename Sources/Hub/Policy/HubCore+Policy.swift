@@ -36,15 +36,10 @@ extension HubCore {
     /// (Checked before the write; two concurrent applies could each pass it.)
     func refuseBorrowedPrivilege(_ bundles: [PolicyBundle]) throws {
         let replacing = Set(bundles.map(\.name))
-        var stored: [(name: String, allowPrivileged: Bool, resources: [Any])] = []
-        for entry in try database.bundleDocuments() where !replacing.contains(entry.name) {
-            let spec = (try JSONSerialization.jsonObject(with: entry.document) as? [String: Any])?["spec"] as? [String: Any] ?? [:]
-            stored.append((entry.name, spec["allowPrivileged"] as? Bool ?? false, spec["resources"] as? [Any] ?? []))
-        }
+        let stored = try database.bundleDocuments().filter { !replacing.contains($0.name) }
+            .map { try PrivilegeCheck.StoredBundle(name: $0.name, document: $0.document) }
         let incoming = try bundles.map { bundle in (bundle, try bundle.resources.map { try JSONSerialization.jsonObject(with: $0.json) }) }
-        var owners: [String: String] = [:]
-        for bundle in stored { for role in PrivilegeCheck.wildcardRoles(in: bundle.resources) { owners[role] = bundle.name } }
-        for (bundle, resources) in incoming { for role in PrivilegeCheck.wildcardRoles(in: resources) { owners[role] = bundle.name } }
+        let owners = PrivilegeCheck.wildcardOwners(stored.map { ($0.name, $0.resources) } + incoming.map { ($0.0.name, $0.1) })
         let suffix = "a bundle may grant this only with spec.allowPrivileged: true"
         for (bundle, resources) in incoming where !bundle.allowPrivileged {
             if let grant = PrivilegeCheck.grants(in: resources, elsewhere: owners.filter { $0.value != bundle.name }).first {

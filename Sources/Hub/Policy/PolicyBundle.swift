@@ -356,6 +356,31 @@ struct PrivilegedGrant: Sendable, Equatable {
 enum PrivilegeCheck {
     static let everyone: Set<String> = ["system:anonymous", "system:unauthenticated", "system:authenticated"]
 
+    /// What the privilege check needs of a stored bundle.
+    struct StoredBundle {
+        var name: String
+        var allowPrivileged: Bool
+        var resources: [Any]
+
+        /// Reads a stored bundle document (canonical JSON).
+        init(name: String, document: Data) throws {
+            let spec = (try JSONSerialization.jsonObject(with: document) as? [String: Any])?["spec"] as? [String: Any] ?? [:]
+            self.name = name
+            allowPrivileged = spec["allowPrivileged"] as? Bool ?? false
+            resources = spec["resources"] as? [Any] ?? []
+        }
+    }
+
+    /// Each wildcard role's key mapped to the bundle that defines it (later
+    /// bundles win), for `grants(in:elsewhere:)`.
+    static func wildcardOwners(_ bundles: [(name: String, resources: [Any])]) -> [String: String] {
+        var owners: [String: String] = [:]
+        for bundle in bundles {
+            for role in wildcardRoles(in: bundle.resources) { owners[role] = bundle.name }
+        }
+        return owners
+    }
+
     /// The keys (`ClusterRole/name`, `Role/namespace/name`) of the roles among
     /// `resources` that allow every verb on every resource.
     static func wildcardRoles(in resources: [Any]) -> Set<String> {

@@ -185,7 +185,7 @@ final class ConnectionGuardHandler: ChannelInboundHandler, RemovableChannelHandl
 
     private func schedule(_ context: ChannelHandlerContext, after delay: Duration, _ why: ConnectionRefusal) -> Scheduled<Void> {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        return context.eventLoop.scheduleTask(in: .nanoseconds(Int64(delay.components.seconds) * 1_000_000_000 + delay.components.attoseconds / 1_000_000_000)) {
+        return context.eventLoop.scheduleTask(in: TimeAmount(delay)) {
             let (handler, context) = loopBound.value
             handler.expire(context, why)
         }
