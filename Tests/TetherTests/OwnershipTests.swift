@@ -42,7 +42,12 @@ import Testing
         init(kubeconfig: String) throws {
             client = try KubeClient(connection: try KubeConnection.kubeconfig(path: kubeconfig))
             let (stream, reports) = (state.driftReports, reports)
-            collector = Task { for await batch in stream { reports.withLock { $0 += batch } } }
+            collector = Task {
+                while !Task.isCancelled {
+                    let batch = await stream.next()
+                    reports.withLock { $0 += batch }
+                }
+            }
         }
 
         /// Applies the desired state, then starts the drift watcher (which so lists

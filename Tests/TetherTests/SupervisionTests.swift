@@ -1,4 +1,5 @@
 import Foundation
+import GRPCCore
 import Shared
 import TestSupport
 import Testing
@@ -17,6 +18,17 @@ import Testing
             state = state &* 6364136223846793005 &+ 1442695040888963407
             return state
         }
+    }
+
+    @Test func aLocalFailureWrappedByGRPCIsNotTheHubs() {
+        // What grpc-swift makes of an error the audit request producer throws.
+        let damaged = AuditSpool.Damaged(path: "/spool/00000001.seg", offset: 4096, sequence: 17)
+        let wrapped = RPCError(code: .unknown, message: "Write failed.", cause: damaged)
+        let local = HubLink.classify(wrapped)
+        #expect(!local.fromHub)
+        #expect(local.description.contains("damaged at byte 4096"), "\(local.description)")
+        // The hub's own refusal stays the hub's.
+        #expect(HubLink.classify(RPCError(code: .failedPrecondition, message: "gap")).fromHub)
     }
 
     @Test func anAuditFailureRestartsTheAuditPartWithCappedJitteredBackoff() {

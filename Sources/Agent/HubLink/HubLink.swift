@@ -273,8 +273,7 @@ final class HubLink: Service, Sendable {
                 failure = "it ended while the channel was up"
             } catch {
                 if Task.isCancelled { throw CancellationError() }
-                failure = Self.describe(error)
-                fromHub = error is RPCError
+                (failure, fromHub) = Self.classify(error)
             }
             try Task.checkCancellation()
             let ran = ContinuousClock.now - started
@@ -313,10 +312,23 @@ final class HubLink: Service, Sendable {
     }
 
     /// Reports drift repairs with the revision they belong to.
-    private func forwardDrift(_ reports: AsyncStream<[AppliedResult]>, outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation) async {
-        for await results in reports {
+    /// Returns only when cancelled (the channel closed); reports not yet taken wait
+    /// for the next channel.
+    private func forwardDrift(_ reports: DriftReports, outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation) async {
+        while !Task.isCancelled {
+            let results = await reports.next()
+            guard !results.isEmpty else { return }
             outbox.yield(Self.report(revision: status.value.observedRevision, results))
         }
+    }
+
+    /// What a channel part's failure was, and whether it came from the hub.
+    /// grpc-swift wraps what a request producer throws (a damaged spool, a full
+    /// disk) as `RPCError(.unknown, "Write failed.", cause:)`: the cause is judged
+    /// and described, so a local failure never counts as the hub's.
+    static func classify(_ error: any Error) -> (description: String, fromHub: Bool) {
+        let cause = (error as? RPCError)?.cause ?? error
+        return (describe(cause), cause is RPCError)
     }
 
     static func report(revision: UInt64, _ results: [AppliedResult]) -> Tether_V1_AgentMessage {

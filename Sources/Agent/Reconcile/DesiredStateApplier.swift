@@ -33,11 +33,11 @@ struct AppliedResult: Sendable, Equatable {
 protocol DesiredStateApplier: Sendable {
     func apply(revision: UInt64, objects: [DesiredObjectSpec]) async -> [AppliedResult]
     /// Repairs made between revisions (drift), to report to the hub.
-    var driftReports: AsyncStream<[AppliedResult]>? { get }
+    var driftReports: DriftReports? { get }
 }
 
 extension DesiredStateApplier {
-    var driftReports: AsyncStream<[AppliedResult]>? { nil }
+    var driftReports: DriftReports? { nil }
 }
 
 /// For an agent with no Kubernetes API configured (neither in-cluster nor

@@ -8,11 +8,41 @@ final class ReconcileState: Sendable {
     /// Object key (`Kind/name`, `Kind/namespace/name`) to its spec.
     let desired = Locked<[String: DesiredObjectSpec]>([:])
     /// Drift repairs, for the hub; kept while the channel is down.
-    let driftReports: AsyncStream<[AppliedResult]>
-    let driftWriter: AsyncStream<[AppliedResult]>.Continuation
+    let driftReports = DriftReports()
+}
 
-    init() {
-        (driftReports, driftWriter) = AsyncStream.makeStream(of: [AppliedResult].self, bufferingPolicy: .bufferingNewest(1000))
+/// Drift repairs waiting for the hub, kept across channels.
+///
+/// Not an `AsyncStream`: each channel's reader is cancelled when the channel
+/// closes, and cancelling a stream's consumer finishes the stream for good, so
+/// after the first reconnect no report was ever sent again (and the supervisor
+/// read the ended reader as a failing part and re-dialled forever).
+final class DriftReports: Sendable {
+    /// The newest reports kept while nobody takes them.
+    static let limit = 1000
+    private let pending = Locked<[AppliedResult]>([])
+    private let changed = ChangeSignal()
+
+    init() {}
+
+    func add(_ results: [AppliedResult]) {
+        pending.withLock { $0 = Array(($0 + results).suffix(Self.limit)) }
+        changed.notify()
+    }
+
+    /// Waits for reports and takes them all; returns an empty list only when the
+    /// task is cancelled (what was waiting stays for the next channel).
+    func next() async -> [AppliedResult] {
+        while !Task.isCancelled {
+            let seen = changed.generation
+            let taken = pending.withLock { all -> [AppliedResult] in
+                defer { all = [] }
+                return all
+            }
+            if !taken.isEmpty { return taken }
+            await changed.wait(after: seen)
+        }
+        return []
     }
 }
 
@@ -95,6 +125,8 @@ struct DriftWatcher: Service {
                 logger.warning("not repairing an object Tether does not own", metadata: ["object": "\(key)", "bundle": "\(spec.bundle)"])
                 result = AppliedResult(bundle: spec.bundle, object: key, state: .failed, message: message)
             }
+        } catch is CancellationError {
+            throw CancellationError()  // shutting down: nothing to report
         } catch let error as TetherError where error.code == .unavailable {
             throw error
         } catch {
@@ -104,7 +136,7 @@ struct DriftWatcher: Service {
         if result.state == .drifted {
             logger.notice("drift repaired", metadata: ["object": "\(key)", "bundle": "\(spec.bundle)", "action": "\(result.message ?? "")"])
         }
-        state.driftWriter.yield([result])
+        state.driftReports.add([result])
     }
 
     static func key(_ resource: KubeResource, _ object: [String: Any]) -> String {

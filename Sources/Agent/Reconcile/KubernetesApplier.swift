@@ -15,7 +15,7 @@ struct KubernetesApplier: DesiredStateApplier {
     let logger: Logger
     let state: ReconcileState
 
-    var driftReports: AsyncStream<[AppliedResult]>? { state.driftReports }
+    var driftReports: DriftReports? { state.driftReports }
 
     func apply(revision: UInt64, objects: [DesiredObjectSpec]) async -> [AppliedResult] {
         // The drift watcher repairs against this from now on (and ignores what is pruned below).

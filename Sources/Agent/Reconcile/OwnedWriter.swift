@@ -83,7 +83,9 @@ struct OwnedWriter: Sendable {
                 live = try await client.get(resource, namespace: namespace, name: name)
             }
         }
-        throw TetherError(.unavailable, "\(spec.key) kept changing in the cluster while Tether applied it; trying again on the next change")
+        // Not `.unavailable` (the API server out of reach, which stops a whole relist):
+        // this one object is contended; the others go on.
+        throw TetherError(.conflict, "\(spec.key) kept changing in the cluster while Tether applied it; trying again on the next change")
     }
 
     static func foreignMessage(_ key: String) -> String {

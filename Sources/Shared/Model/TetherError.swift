@@ -24,6 +24,8 @@ public struct TetherError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let badCSR = Code("bad-csr")
         public static let storage = Code("storage")
         public static let unavailable = Code("unavailable")
+        /// Someone else kept changing the object between Tether's read and write.
+        public static let conflict = Code("conflict")
         public static let internalError = Code("internal")
     }
 
