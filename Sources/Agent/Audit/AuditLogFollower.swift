@@ -45,6 +45,10 @@ final class AuditLogFollower: Service, Sendable {
         var fd: Int32 = -1
         var inode: UInt64 = 0
         var pending = Data()
+        // Set once a rotation is seen: the old file is read to its end once more
+        // before moving on, so lines written to it before the new file appeared
+        // (the empty read may have come just before them) are not lost.
+        var rotationSeen = false
         defer { if fd >= 0 { close(fd) } }
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             if fd < 0 {
@@ -62,15 +66,16 @@ final class AuditLogFollower: Service, Sendable {
             }
             // Copy-truncate: the file is now shorter than where we were, or starts
             // with other bytes than when we read it.
-            let size = Self.size(of: fd)
-            let head = position!.head
-            if size < position!.offset || (head != nil && Self.read(fd: fd, at: 0, max: head!.count) != head!) {
+            if Self.truncated(fd: fd, since: position!) {
                 logger.info("audit log was truncated; reading it from the start", metadata: ["path": "\(path)"])
                 position = Position(inode: inode, offset: 0)
                 pending = Data()
             }
             let readFrom = position!.offset + Int64(pending.count)
-            let chunk = try await offPool { [fd] in Self.read(fd: fd, at: readFrom, max: 4 << 20) }
+            let chunk = try await io.run { [fd] in Self.read(fd: fd, at: readFrom, max: 4 << 20) }
+            // Truncated and written again while we read: the chunk may come from the
+            // middle of the new content. Drop it; the next pass starts the file over.
+            if !chunk.isEmpty, Self.truncated(fd: fd, since: position!) { continue }
             if !chunk.isEmpty {
                 pending.append(chunk)
                 // Only whole lines; a partial last line waits for its newline.
@@ -101,17 +106,22 @@ final class AuditLogFollower: Service, Sendable {
                 }
                 pending = Data(pending[(lastNewline + 1)...])
                 let reached = position!
-                try await offPool { try self.savePosition(reached) }
+                try await io.run { try self.savePosition(reached) }
                 continue
             }
             // At the end: if the path now names another file, the old one was renamed
             // away and we have read all of it; move to the new one.
             if let current = Self.inode(atPath: path), current != inode {
+                if !rotationSeen {
+                    rotationSeen = true
+                    continue
+                }
+                rotationSeen = false
                 logger.info("audit log was rotated; following the new file", metadata: ["path": "\(path)"])
                 close(fd)
                 fd = -1
                 position = nil
-                try await offPool { try self.savePosition(Position(inode: current, offset: 0)) }
+                try await io.run { try self.savePosition(Position(inode: current, offset: 0)) }
                 position = Position(inode: current, offset: 0)
                 continue
             }
@@ -129,10 +139,10 @@ final class AuditLogFollower: Service, Sendable {
         return line
     }
 
-    private func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            io.async { continuation.resume(with: Result { try body() }) }
-        }
+    /// Whether the file was truncated (copy-truncate) since `position` was read:
+    /// it is now shorter, or starts with other bytes.
+    private static func truncated(fd: Int32, since position: Position) -> Bool {
+        size(of: fd) < position.offset || (position.head.map { read(fd: fd, at: 0, max: $0.count) != $0 } ?? false)
     }
 
     private func loadPosition() -> Position? {

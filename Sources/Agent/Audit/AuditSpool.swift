@@ -137,19 +137,13 @@ final class AuditSpool: Sendable {
         state.withLock { if $0.writer >= 0 { close($0.writer) } }
     }
 
-    private static func run<T: Sendable>(on queue: DispatchQueue, _ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            queue.async { continuation.resume(with: Result { try body() }) }
-        }
-    }
-
     /// Numbers and durably stores `payloads`; returns their sequence range. Throws
     /// `Full` (and stores nothing) when they would take the spool over its limit.
     /// One write and one fsync per call, off the cooperative pool.
     @discardableResult
     func append(_ payloads: [Data], receivedAt: Date = Date()) async throws -> ClosedRange<UInt64>? {
         guard !payloads.isEmpty else { return nil }
-        let range = try await Self.run(on: writes) { try self.appendNow(payloads, receivedAt: receivedAt) }
+        let range = try await writes.run { try self.appendNow(payloads, receivedAt: receivedAt) }
         changed.notify()
         return range
     }
@@ -192,7 +186,7 @@ final class AuditSpool: Sendable {
     /// (the forwarder's) continue from where the previous one stopped. Throws
     /// `Damaged` on reaching a damaged frame (after returning the events before it).
     func read(after sequence: UInt64, maxEvents: Int = 1000, maxBytes: Int = 4 << 20) async throws -> [Event] {
-        try await Self.run(on: reads) { try self.readNow(after: sequence, maxEvents: maxEvents, maxBytes: maxBytes) }
+        try await reads.run { try self.readNow(after: sequence, maxEvents: maxEvents, maxBytes: maxBytes) }
     }
 
     private func readNow(after sequence: UInt64, maxEvents: Int, maxBytes: Int) throws -> [Event] {
@@ -319,7 +313,7 @@ final class AuditSpool: Sendable {
     /// Records that the hub stored everything up to `sequence` and deletes
     /// segments holding nothing newer.
     func acknowledge(upTo sequence: UInt64) async throws {
-        let moved = try await Self.run(on: acks) { () throws -> Bool in
+        let moved = try await acks.run { () throws -> Bool in
             let acked: UInt64? = self.state.withLock { s in
                 guard sequence > s.acknowledged else { return nil }
                 s.acknowledged = min(sequence, s.nextSequence - 1)
@@ -335,7 +329,7 @@ final class AuditSpool: Sendable {
         guard moved else { return }
         // The segment being written goes only on `writes`, between two appends.
         if state.withLock({ $0.segments.count == 1 && $0.nextSequence - 1 <= $0.acknowledged }) {
-            try await Self.run(on: writes) { try self.trimLast() }
+            try await writes.run { try self.trimLast() }
         }
         changed.notify()
     }
@@ -347,7 +341,7 @@ final class AuditSpool: Sendable {
     /// Rewrites pending events into a new segment; throws `Damaged` (and changes
     /// nothing) if a pending event cannot be read.
     func renumber(above floor: UInt64) async throws {
-        let renumbered = try await Self.run(on: writes) {
+        let renumbered = try await writes.run {
             try self.acks.sync { try self.renumberNow(above: floor) }
         }
         if renumbered {

@@ -33,7 +33,7 @@ extension AgentLinkService {
                 group.addTask {
                     try await response.write(.with { $0.acknowledgedSequence = try core.auditAcknowledged(cluster) })
                     for try await batch in request {
-                        let acked = try await Self.offThePool { try core.ingestAudit(cluster: cluster, firstSequence: batch.firstSequence, events: batch.events) }
+                        let acked = try await Self.ingestQueue.run { try core.ingestAudit(cluster: cluster, firstSequence: batch.firstSequence, events: batch.events) }
                         try await response.write(.with { $0.acknowledgedSequence = acked })
                     }
                 }
@@ -76,14 +76,8 @@ extension AgentLinkService {
         }
     }
 
-    private static let ingestQueue = DispatchQueue(label: "tether.hub.audit-ingest")
-
-    /// Runs a synchronous store write on a queue of its own, so a large batch never
+    /// Where synchronous store writes of audit batches run, so a large batch never
     /// holds one of the cooperative pool's threads (two on a 2-core VM). SQLite
     /// serialises writes anyway, so one queue loses nothing.
-    private static func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            ingestQueue.async { continuation.resume(with: Result { try body() }) }
-        }
-    }
+    private static let ingestQueue = DispatchQueue(label: "tether.hub.audit-ingest")
 }
