@@ -5,8 +5,8 @@ let package = Package(
     name: "Tether",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "tether-hub", targets: ["Hub"]),
-        .executable(name: "tether-agent", targets: ["Agent"]),
+        .executable(name: "tether-hub", targets: ["HubMain"]),
+        .executable(name: "tether-agent", targets: ["AgentMain"]),
         .executable(name: "tether-bench-audit", targets: ["AuditBenchmark"]),
         .executable(name: "tether-bench-fanout", targets: ["FanoutBenchmark"]),
     ],
@@ -50,13 +50,26 @@ let package = Package(
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
+            path: "Sources/Shared",
             exclude: ["Wire/tether.proto"]
         ),
-        .executableTarget(
-            name: "Hub",
+        // The hub's store: the only target that links GRDB. Its API is async
+        // (GRDB's async reads and writes), so no caller blocks the cooperative pool.
+        .target(
+            name: "HubStore",
             dependencies: [
                 "Shared",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Sources/Hub/HubStore"
+        ),
+        // Everything else of the hub: gateway, CA, policy, audit, admin API, CLI.
+        .target(
+            name: "TetherHub",
+            dependencies: [
+                "Shared", "HubStore",
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -66,10 +79,12 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-            ]
+            ],
+            path: "Sources/Hub/TetherHub"
         ),
-        .executableTarget(
-            name: "Agent",
+        .executableTarget(name: "HubMain", dependencies: ["TetherHub"], path: "Sources/Hub/Main"),
+        .target(
+            name: "TetherAgent",
             dependencies: [
                 "Shared",
                 "CZlib",
@@ -82,8 +97,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
-            ]
+            ],
+            path: "Sources/Agent/TetherAgent"
         ),
+        .executableTarget(name: "AgentMain", dependencies: ["TetherAgent"], path: "Sources/Agent/Main"),
         .systemLibrary(name: "CZlib", path: "Benchmarks/CZlib", providers: [.apt(["zlib1g-dev"])]),
         .executableTarget(
             name: "AuditBenchmark",
@@ -144,7 +161,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TetherTests",
-            dependencies: ["Shared", "Hub", "Agent", "TestSupport", "KubeEmulator"],
+            dependencies: ["Shared", "HubStore", "TetherHub", "TetherAgent", "TestSupport", "KubeEmulator"],
             path: "Tests/TetherTests"
         ),
     ]

@@ -4,8 +4,9 @@ import NIOPosix
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// The built `tether-agent` while it enrolls: a join string for a name the hub does
 /// not serve is a configuration error (exit non-zero, naming the names it does
@@ -54,7 +55,7 @@ import Testing
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
         // The hub serves 127.0.0.1 only; `localhost` reaches it but is not in its certificate.
-        let join = try hub.join("prod-eu")
+        let join = try await hub.join("prod-eu")
         let wrongName = JoinString(hub: HostPort(host: "localhost", port: join.hub.port), tokenID: join.tokenID, secret: join.secret, caHash: join.caHash)
         let agent = try Self.agent(dir, join: wrongName.encoded)
         let exit = try await Self.exitStatus(agent)

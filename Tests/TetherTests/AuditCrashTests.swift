@@ -5,7 +5,8 @@ import NIOSSL
 import Shared
 import TestSupport
 import Testing
-@testable import Hub
+@testable import HubStore
+@testable import TetherHub
 
 /// The agent binary killed with SIGKILL while it forwards: after a restart nothing
 /// is lost and nothing is stored twice. Forward batches are made small
@@ -22,7 +23,7 @@ import Testing
         let cluster = try ClusterName("prod-eu")
         let args = ["--state-dir", state, "--health-listen", "none", "--audit-listen", "127.0.0.1:0"]
         let environment = ["TETHER_AUDIT_FORWARD_BATCH": "20"]
-        var agent = try ChildProcess(agentBinary, args + ["--join-token", try first.join("prod-eu").encoded], environment: environment)
+        var agent = try await ChildProcess(agentBinary, args + ["--join-token", try first.join("prod-eu").encoded], environment: environment)
         try await eventually("online") { try await first.status("prod-eu") == .online }
         try await agent.waitForOutput(containing: "audit webhook listening")
         try await first.stop()
@@ -51,21 +52,21 @@ import Testing
 
         // The hub comes back; kill the agent as soon as the first batch is acknowledged.
         let hub = try await TestHub.start(dataDir: dir.sub("hub"), listenPort: port)
-        try await eventually(timeout: .seconds(30), "forwarding started") { try hub.core.auditAcknowledged(cluster) > 0 }
+        try await eventually(timeout: .seconds(30), "forwarding started") { try await hub.core.auditAcknowledged(cluster) > 0 }
         agent.signal(SIGKILL)
         _ = await agent.waitForExit()
-        let atKill = try hub.core.auditAcknowledged(cluster)
+        let atKill = try await hub.core.auditAcknowledged(cluster)
         print("audit crash test: hub had \(atKill) of 10000 events when the agent was killed")
         #expect(atKill < 10_000, "the kill landed mid-forward")
 
         agent = try ChildProcess(agentBinary, args, environment: environment)
-        try await eventually(timeout: .seconds(60), "all delivered after restart") { try hub.core.auditAcknowledged(cluster) == 10_000 }
-        let events = try hub.core.database.auditEvents(AuditQuery(cluster: "prod-eu", limit: 1_000_000, afterID: 0))
+        try await eventually(timeout: .seconds(60), "all delivered after restart") { try await hub.core.auditAcknowledged(cluster) == 10_000 }
+        let events = try await hub.core.database.auditEvents(AuditQuery(cluster: "prod-eu", limit: 1_000_000, afterID: 0))
         #expect(events.count == 10_000)
         #expect(Set(events.map(\.sequence)).count == 10_000)
         let ids = try events.map { try (JSONSerialization.jsonObject(with: $0.event) as! [String: Any])["auditID"] as! String }
         #expect(Set(ids).count == 10_000, "no event stored twice")
-        #expect(try hub.core.database.verifyAuditChain().problem == nil)
+        #expect(try await hub.core.database.verifyAuditChain().problem == nil)
         agent.signal(SIGTERM)
         #expect(await agent.waitForExit() == 0)
         try await hub.stop()

@@ -3,7 +3,7 @@ import Logging
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
+@testable import TetherAgent
 
 /// Following an API server audit log file through rotation and restarts, with the
 /// real log backend's output.

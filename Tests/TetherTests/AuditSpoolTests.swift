@@ -3,7 +3,7 @@ import Foundation
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
+@testable import TetherAgent
 
 /// The audit spool on real files in a temporary directory, no sockets: what a
 /// crash, a damaged disk, acknowledgements, a full disk and a restart leave behind.

@@ -6,8 +6,9 @@ import Shared
 import TestSupport
 import Testing
 import X509
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// The audit pipeline end to end on loopback: the real API server's webhook bodies
 /// posted over HTTPS to a real agent, forwarded over its channel to a real hub.
@@ -75,21 +76,21 @@ import X509
 
     /// Stores every webhook fixture as one batch each, as an agent would send them.
     @discardableResult
-    static func ingestFixtures(into core: HubCore) throws -> [[String: Any]] {
+    static func ingestFixtures(into core: HubCore) async throws -> [[String: Any]] {
         var sequence: UInt64 = 1
         var all: [[String: Any]] = []
         for (_, body) in try webhookFixtures() {
             let items = try Self.items(body)
             let raws = try items.map { try JSONSerialization.data(withJSONObject: $0) }
-            _ = try core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: sequence, events: raws)
+            _ = try await core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: sequence, events: raws)
             sequence += UInt64(raws.count)
             all += items
         }
         return all
     }
 
-    func stored(_ hub: TestHub, cluster: String) throws -> [StoredAuditEvent] {
-        try hub.core.database.auditEvents(AuditQuery(cluster: cluster, limit: 1_000_000, afterID: 0))
+    func stored(_ hub: TestHub, cluster: String) async throws -> [StoredAuditEvent] {
+        try await hub.core.database.auditEvents(AuditQuery(cluster: cluster, limit: 1_000_000, afterID: 0))
     }
 
     @Test func everyFixtureIsStoredAndRoundTripsThroughExportUnchanged() async throws {
@@ -98,7 +99,7 @@ import X509
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
         // The webhook bodies through the webhook, the log backend's file through --audit-log-file.
         let logFile = try Fixtures.url("audit/log/audit.log").path
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true, auditLogFile: logFile)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true, auditLogFile: logFile)
         var expected: [String: [String: Any]] = [:]
         let logLines = try AuditLogFollowerTests.realLines()
         for line in logLines {
@@ -117,7 +118,7 @@ import X509
                 #expect(status == 200, "\(name): \(text)")
             }
             try await eventually("agent spooled every event") { agent.runtime.spool.lastSequence == total }
-            try await eventually("hub has every event") { try hub.core.auditAcknowledged(ClusterName("prod-eu")) == total }
+            try await eventually("hub has every event") { try await hub.core.auditAcknowledged(ClusterName("prod-eu")) == total }
 
             // Export through the admin API, as `tether-hub audit export` does.
             let client = try AdminClient(credentialsPath: hub.dataDir + "/admin-credentials.json")
@@ -132,7 +133,7 @@ import X509
                 let original = try #require(expected["\(event["auditID"]!)/\(event["stage"]!)"])
                 #expect(NSDictionary(dictionary: event).isEqual(to: original), "event \(event["auditID"]!) changed in transit")
             }
-            #expect(try hub.core.database.verifyAuditChain().problem == nil)
+            #expect(try await hub.core.database.verifyAuditChain().problem == nil)
         }
         try await agent.stop()
         try await hub.stop()
@@ -142,7 +143,7 @@ import X509
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
         try await withWebhook(agent) { webhook in
             let real = try #require(try Self.webhookFixtures().first).body
             var wrongKind = try JSONSerialization.jsonObject(with: real) as! [String: Any]
@@ -183,7 +184,7 @@ import X509
             #expect(metrics.contains(#"tether_agent_audit_batches_rejected_total{reason="unauthorized"} 1"#))
         }
         try await agent.stop()
-        #expect(try stored(hub, cluster: "prod-eu").isEmpty)
+        await #expect(try stored(hub, cluster: "prod-eu").isEmpty)
         try await hub.stop()
     }
 
@@ -192,7 +193,7 @@ import X509
         defer { dir.remove() }
         let first = try await TestHub.start(dataDir: dir.sub("hub"))
         let port = first.agentPort
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"), audit: true)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"), audit: true)
         try await agent.waitUntilConnected()
         try await first.stop()
 
@@ -208,12 +209,12 @@ import X509
 
             let restarted = try await TestHub.start(dataDir: dir.sub("hub"), listenPort: port)
             hub.value = restarted
-            try await eventually(timeout: .seconds(60), "all delivered") { try restarted.core.auditAcknowledged(ClusterName("prod-eu")) == 10_000 }
-            let events = try stored(restarted, cluster: "prod-eu")
+            try await eventually(timeout: .seconds(60), "all delivered") { try await restarted.core.auditAcknowledged(ClusterName("prod-eu")) == 10_000 }
+            let events = try await stored(restarted, cluster: "prod-eu")
             #expect(events.count == 10_000)
             #expect(Set(events.map(\.sequence)) == Set(1...10_000))
             try await eventually("spool trimmed to the ack") { agent.runtime.spool.acknowledged == 10_000 }
-            #expect(try restarted.core.database.verifyAuditChain().problem == nil)
+            await #expect(try restarted.core.database.verifyAuditChain().problem == nil)
         }
         try await agent.stop()
         try await hub.value?.stop()
@@ -224,13 +225,13 @@ import X509
         defer { dir.remove() }
         let first = try await TestHub.start(dataDir: dir.sub("hub"))
         let port = first.agentPort
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"), audit: true)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"), audit: true)
         try await agent.waitUntilConnected()
         let hub = Locked<TestHub?>(nil)
         try await withWebhook(agent) { webhook in
             let template = try Self.items(try Self.webhookFixtures().first!.body)
             #expect(try await webhook.post(try Self.eventList(from: template, count: 300)).0 == 200)
-            try await eventually("first events stored") { try first.core.auditAcknowledged(ClusterName("prod-eu")) == 300 }
+            try await eventually("first events stored") { try await first.core.auditAcknowledged(ClusterName("prod-eu")) == 300 }
             _ = try HubBackup.create(dataDir: dir.sub("hub"), to: dir.sub("backup.tar")) { _ in }
             // Acknowledged (and trimmed at the agent) after the backup: gone with the restore.
             #expect(try await webhook.post(try Self.eventList(from: template, count: 200)).0 == 200)
@@ -244,14 +245,14 @@ import X509
             hub.value = restored
             // The hub has 300; the agent renumbers its 100 pending events to 301...400.
             try await eventually(timeout: .seconds(60), "pending events delivered") {
-                try restored.core.auditAcknowledged(ClusterName("prod-eu")) == 400
+                try await restored.core.auditAcknowledged(ClusterName("prod-eu")) == 400
             }
             #expect(try await webhook.post(try Self.eventList(from: template, count: 50)).0 == 200)
-            try await eventually("new events delivered") { try restored.core.auditAcknowledged(ClusterName("prod-eu")) == 450 }
-            let events = try stored(restored, cluster: "prod-eu")
+            try await eventually("new events delivered") { try await restored.core.auditAcknowledged(ClusterName("prod-eu")) == 450 }
+            let events = try await stored(restored, cluster: "prod-eu")
             #expect(events.count == 450)
             #expect(Set(events.map(\.sequence)) == Set(1...450))
-            #expect(try restored.core.database.verifyAuditChain().problem == nil)
+            await #expect(try restored.core.database.verifyAuditChain().problem == nil)
         }
         try await agent.stop()
         try await hub.value?.stop()
@@ -262,7 +263,7 @@ import X509
         defer { dir.remove() }
         let first = try await TestHub.start(dataDir: dir.sub("hub"))
         let port = first.agentPort
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"), audit: true, spoolLimit: 256 << 10)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"), audit: true, spoolLimit: 256 << 10)
         try await agent.waitUntilConnected()
         try await first.stop()
         let hub = Locked<TestHub?>(nil)
@@ -284,9 +285,9 @@ import X509
             let restarted = try await TestHub.start(dataDir: dir.sub("hub"), listenPort: port)
             hub.value = restarted
             try await eventually(timeout: .seconds(30), "accepted events delivered") {
-                try restarted.core.auditAcknowledged(ClusterName("prod-eu")) == UInt64(accepted)
+                try await restarted.core.auditAcknowledged(ClusterName("prod-eu")) == UInt64(accepted)
             }
-            #expect(try stored(restarted, cluster: "prod-eu").count == accepted)
+            await #expect(try stored(restarted, cluster: "prod-eu").count == accepted)
             // Once drained, the webhook accepts again.
             try await eventually("spool drained") { agent.runtime.spool.acknowledged == UInt64(accepted) }
             #expect(try await webhook.post(try Self.eventList(from: template, count: 20)).0 == 200)
@@ -329,30 +330,30 @@ import X509
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let all = try Self.ingestFixtures(into: hub.core)
+        let all = try await Self.ingestFixtures(into: hub.core)
         func count(_ predicate: ([String: Any]) -> Bool) -> Int { all.filter(predicate).count }
-        func query(_ q: AuditQuery) throws -> [[String: Any]] {
+        func query(_ q: AuditQuery) async throws -> [[String: Any]] {
             var q = q
             q.limit = 100_000
-            return try hub.core.database.auditEvents(q).map { try JSONSerialization.jsonObject(with: $0.event) as! [String: Any] }
+            return try await hub.core.database.auditEvents(q).map { try JSONSerialization.jsonObject(with: $0.event) as! [String: Any] }
         }
         let ref = { (e: [String: Any]) in e["objectRef"] as? [String: Any] ?? [:] }
         let user = { (e: [String: Any]) in (e["user"] as? [String: Any])?["username"] as? String }
 
-        let patches = try query(AuditQuery(cluster: "prod-eu", verb: "patch", resource: "clusterroles"))
+        let patches = try await query(AuditQuery(cluster: "prod-eu", verb: "patch", resource: "clusterroles"))
         #expect(patches.count == count { $0["verb"] as? String == "patch" && ref($0)["resource"] as? String == "clusterroles" })
         #expect(!patches.isEmpty)
         let someUser = try #require(all.compactMap(user).first { $0.hasPrefix("system:serviceaccount") } ?? all.compactMap(user).first)
-        #expect(try query(AuditQuery(user: someUser)).count == count { user($0) == someUser || (($0["impersonatedUser"] as? [String: Any])?["username"] as? String) == someUser })
+        await #expect(try query(AuditQuery(user: someUser)).count == count { user($0) == someUser || (($0["impersonatedUser"] as? [String: Any])?["username"] as? String) == someUser })
         let namespace = try #require(all.compactMap { ref($0)["namespace"] as? String }.first)
-        #expect(try query(AuditQuery(namespace: namespace)).count == count { ref($0)["namespace"] as? String == namespace })
-        #expect(try query(AuditQuery(cluster: "other")).isEmpty)
+        await #expect(try query(AuditQuery(namespace: namespace)).count == count { ref($0)["namespace"] as? String == namespace })
+        await #expect(try query(AuditQuery(cluster: "other")).isEmpty)
         let times = all.compactMap { $0["stageTimestamp"] as? String }.sorted()
         let middle = times[times.count / 2]
         let since = try #require(AuditTime.parse(middle))
-        #expect(try query(AuditQuery(since: since)).count == times.filter { $0 >= middle }.count)
-        #expect(try query(AuditQuery(until: since)).count == times.filter { $0 < middle }.count)
-        let denied = try query(AuditQuery(resource: "configmaps")).filter { ($0["responseStatus"] as? [String: Any])?["code"] as? Int == 422 }
+        await #expect(try query(AuditQuery(since: since)).count == times.filter { $0 >= middle }.count)
+        await #expect(try query(AuditQuery(until: since)).count == times.filter { $0 < middle }.count)
+        let denied = try await query(AuditQuery(resource: "configmaps")).filter { ($0["responseStatus"] as? [String: Any])?["code"] as? Int == 422 }
         #expect(!denied.isEmpty, "the VAP denial fixture is findable")
     }
 
@@ -360,7 +361,7 @@ import X509
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        try Self.ingestFixtures(into: hub.core)
+        try await Self.ingestFixtures(into: hub.core)
         try await hub.stop()
         let db = hub.dataDir + "/hub.db"
         let hubBinary = try ChildProcess.binary("tether-hub")
@@ -390,16 +391,16 @@ import X509
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        try Self.ingestFixtures(into: hub.core)
+        try await Self.ingestFixtures(into: hub.core)
         try await hub.stop()
         let db = hub.dataDir + "/hub.db"
         func sqlite(_ sql: String) async throws { _ = try await runCommand("/usr/bin/sqlite3", [db, sql]) }
-        func problem() throws -> String? { try HubDatabase(path: db).verifyAuditChain().problem }
+        func problem() async throws -> String? { try await HubDatabase(path: db).verifyAuditChain().problem }
 
         try await sqlite("DELETE FROM auditEvents WHERE id = (SELECT MAX(id) FROM auditEvents WHERE batch = 5)")
-        #expect(try problem()?.contains("batch 5") == true)
+        #expect(try await problem()?.contains("batch 5") == true)
         try await sqlite("DELETE FROM auditEvents WHERE batch = 5; DELETE FROM auditBatches WHERE id = 5")
-        let gone = try problem()
+        let gone = try await problem()
         #expect(gone?.contains("batch 6") == true, "the batch after the deleted one no longer follows: \(gone ?? "nil")")
     }
 
@@ -412,15 +413,15 @@ import X509
         let start = Date().addingTimeInterval(-100 * 86_400)
         for (i, (_, body)) in fixtures.enumerated() {
             let events = try Self.items(body).map { try IndexedAuditEvent(raw: JSONSerialization.data(withJSONObject: $0)) }
-            _ = try db.ingestAudit(cluster: "c", firstSequence: sequence, events: events, now: start.addingTimeInterval(Double(i) * 20 * 86_400))
+            _ = try await db.ingestAudit(cluster: "c", firstSequence: sequence, events: events, now: start.addingTimeInterval(Double(i) * 20 * 86_400))
             sequence += UInt64(events.count)
         }
-        let before = try db.verifyAuditChain()
-        let pruned = try db.pruneAudit(before: Date().addingTimeInterval(-90 * 86_400))
+        let before = try await db.verifyAuditChain()
+        let pruned = try await db.pruneAudit(before: Date().addingTimeInterval(-90 * 86_400))
         #expect(pruned > 0)
-        let after = try db.verifyAuditChain()
+        let after = try await db.verifyAuditChain()
         #expect(after.problem == nil)
         #expect(after.batchesChecked < before.batchesChecked)
-        #expect(try db.auditAcknowledged("c") == sequence - 1, "the cursor is not rewound by pruning")
+        await #expect(try db.auditAcknowledged("c") == sequence - 1, "the cursor is not rewound by pruning")
     }
 }

@@ -2,7 +2,8 @@ import Foundation
 import Shared
 import TestSupport
 import Testing
-@testable import Hub
+@testable import HubStore
+@testable import TetherHub
 
 /// `tether-hub backup` and `restore`: a consistent copy of a running hub, back into
 /// an empty data dir, with bad archives refused and nothing half-restored.
@@ -75,11 +76,11 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
-        let join = try hub.join("prod-eu")
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+        let join = try await hub.join("prod-eu")
         // Writes keep going while the backup runs.
         let writer = Task {
-            for i in 0..<40 { _ = try hub.core.addCluster(ClusterName("busy-\(i)"), labels: [:]) }
+            for i in 0..<40 { _ = try await hub.core.addCluster(ClusterName("busy-\(i)"), labels: [:]) }
         }
         var progress: [String] = []
         let summary = try HubBackup.create(dataDir: dir.sub("hub"), to: dir.sub("backup.tar")) { progress.append($0) }
@@ -88,7 +89,7 @@ import Testing
         #expect(progress.contains { $0.contains("snapshotting") })
         let mode = try FileManager.default.attributesOfItem(atPath: dir.sub("backup.tar"))[.posixPermissions] as? Int
         #expect(mode == 0o600, "the archive holds the CA key")
-        _ = try hub.core.addCluster(ClusterName("after-backup"), labels: [:])
+        _ = try await hub.core.addCluster(ClusterName("after-backup"), labels: [:])
         try await hub.stop()
 
         _ = try HubBackup.restore(from: dir.sub("backup.tar"), dataDir: dir.sub("restored")) { _ in }

@@ -2,7 +2,7 @@ import Foundation
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
+@testable import TetherAgent
 
 /// Drift reports outlive the channel that was reading them.
 @Suite struct DriftReportsTests {

@@ -6,7 +6,8 @@ import NIOSSL
 import Shared
 import TestSupport
 import Testing
-@testable import Hub
+@testable import HubStore
+@testable import TetherHub
 
 /// A JSON object may name a key once: bodies that say two things are refused.
 @Suite struct DuplicateKeyTests {
@@ -34,8 +35,8 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: [:])
-        _ = try hub.core.addCluster(ClusterName("staging"), labels: [:])
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: [:])
+        _ = try await hub.core.addCluster(ClusterName("staging"), labels: [:])
         let credentials = try JSONDecoder().decode(AdminCredentials.self, from: Data(contentsOf: URL(fileURLWithPath: dir.sub("hub/admin-credentials.json"))))
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(credentials.caCertificate.utf8)))
@@ -52,7 +53,7 @@ import Testing
         let (code, text) = try await post(#"{"cluster": "staging", "cluster": "prod-eu"}"#)
         #expect(code == 400)
         #expect(text.contains("'cluster' more than once"), "\(text)")
-        #expect(try hub.core.database.tokens().isEmpty, "no token for either cluster")
+        #expect(try await hub.core.database.tokens().isEmpty, "no token for either cluster")
         // Control: the same call with the key once.
         let (created, _) = try await post(#"{"cluster": "prod-eu"}"#)
         #expect(created == 201)

@@ -2,8 +2,9 @@ import Foundation
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// Enrollment against a real hub: one happy path, and every way a join string can
 /// be refused, each with its own error and nothing recorded at the hub.
@@ -30,21 +31,21 @@ import Testing
     /// Asserts the cluster has no agent: still pending, no certificate issued.
     func expectNoAgent(_ hub: TestHub, _ cluster: String) async throws {
         #expect(try await hub.status(cluster) == .pending)
-        #expect(try hub.core.database.certificates(of: ClusterName(cluster)).isEmpty)
+        #expect(try await hub.core.database.certificates(of: ClusterName(cluster)).isEmpty)
     }
 
     @Test func happyPathIssuesACertificateNamingTheCluster() async throws {
         try await withHub { hub in
-            let join = try hub.join("prod-eu")
+            let join = try await hub.join("prod-eu")
             #expect(join.hub == HostPort(host: "127.0.0.1", port: hub.agentPort))
             let identity = try await enroller.enroll(with: join)
             #expect(identity.cluster.rawValue == "prod-eu")
             let cert = try identity.certificate()
             #expect(PKI.clusterName(in: cert)?.rawValue == "prod-eu")
             #expect(try PKI.fingerprint(identity.caCertificate()) == join.caHash)
-            #expect(try hub.core.database.certificates(of: ClusterName("prod-eu")).map(\.serial) == [PKI.serialHex(cert)])
+            #expect(try await hub.core.database.certificates(of: ClusterName("prod-eu")).map(\.serial) == [PKI.serialHex(cert)])
             // Only the hash of the secret is stored.
-            let token = try #require(try hub.core.database.tokens().first)
+            let token = try #require(try await hub.core.database.tokens().first)
             #expect(token.usedAt != nil)
             #expect(token.secretHash != Data(join.secret.utf8))
             let raw = try String(contentsOfFile: hub.dataDir + "/hub.db-wal", encoding: .isoLatin1)
@@ -55,19 +56,19 @@ import Testing
 
     @Test func reusedTokenIsRefused() async throws {
         try await withHub { hub in
-            let join = try hub.join("prod-eu")
+            let join = try await hub.join("prod-eu")
             _ = try await enroller.enroll(with: join)
-            let before = try hub.core.database.certificates(of: ClusterName("prod-eu"))
+            let before = try await hub.core.database.certificates(of: ClusterName("prod-eu"))
             let error = await #expect(throws: TetherError.self) { try await enroller.enroll(with: join) }
             #expect(error?.code == .tokenUsed)
             #expect(error?.message.contains("already used") == true)
-            #expect(try hub.core.database.certificates(of: ClusterName("prod-eu")) == before)
+            #expect(try await hub.core.database.certificates(of: ClusterName("prod-eu")) == before)
         }
     }
 
     @Test func expiredTokenIsRefused() async throws {
         try await withHub { hub in
-            let join = try hub.join("prod-eu", ttl: .seconds(3600))
+            let join = try await hub.join("prod-eu", ttl: .seconds(3600))
             clock.advance(by: 3601)
             let error = await #expect(throws: TetherError.self) { try await enroller.enroll(with: join) }
             #expect(error?.code == .tokenExpired)
@@ -78,8 +79,8 @@ import Testing
 
     @Test func revokedTokenIsRefused() async throws {
         try await withHub { hub in
-            let join = try hub.join("prod-eu")
-            _ = try hub.core.revokeToken(id: join.tokenID)
+            let join = try await hub.join("prod-eu")
+            _ = try await hub.core.revokeToken(id: join.tokenID)
             let error = await #expect(throws: TetherError.self) { try await enroller.enroll(with: join) }
             #expect(error?.code == .tokenRevoked)
             try await expectNoAgent(hub, "prod-eu")
@@ -88,7 +89,7 @@ import Testing
 
     @Test func unknownTokenAndWrongSecretAreRefused() async throws {
         try await withHub { hub in
-            let join = try hub.join("prod-eu")
+            let join = try await hub.join("prod-eu")
             var unknown = join
             unknown.tokenID = "zzzzzzzz"
             var wrongSecret = join
@@ -105,7 +106,7 @@ import Testing
 
     @Test func wrongCAPinIsRefusedBeforeTheTokenIsSent() async throws {
         try await withHub { hub in
-            var join = try hub.join("prod-eu")
+            var join = try await hub.join("prod-eu")
             let realPin = join.caHash
             join.caHash = try PKI.fingerprint(TestPKI().caCertificate)
             let error = await #expect(throws: TetherError.self) { try await enroller.enroll(with: join) }
@@ -113,7 +114,7 @@ import Testing
             #expect(error?.message.contains(realPin) == true, "names what the hub presented")
             try await expectNoAgent(hub, "prod-eu")
             // The token was never presented, so it is still usable.
-            #expect(try hub.core.tokenViews().first?.status == .active)
+            #expect(try await hub.core.tokenViews().first?.status == .active)
         }
     }
 
@@ -126,30 +127,30 @@ import Testing
 
     @Test func tokensForUnknownOrRemovedClustersAndOverlongTTLsAreRefused() async throws {
         try await withHub { hub in
-            #expect(throws: TetherError.self) { try hub.core.createToken(cluster: ClusterName("nope"), ttl: nil) }
-            _ = try hub.join("gone")
+            await #expect(throws: TetherError.self) { try await hub.core.createToken(cluster: ClusterName("nope"), ttl: nil) }
+            _ = try await hub.join("gone")
             _ = try await hub.core.removeCluster(ClusterName("gone"))
-            let removed = #expect(throws: TetherError.self) { try hub.core.createToken(cluster: ClusterName("gone"), ttl: nil) }
+            let removed = await #expect(throws: TetherError.self) { try await hub.core.createToken(cluster: ClusterName("gone"), ttl: nil) }
             #expect(removed?.code == .clusterRevoked)
-            _ = try hub.join("prod")
-            let long = #expect(throws: TetherError.self) { try hub.core.createToken(cluster: ClusterName("prod"), ttl: .seconds(8 * 86_400)) }
+            _ = try await hub.join("prod")
+            let long = await #expect(throws: TetherError.self) { try await hub.core.createToken(cluster: ClusterName("prod"), ttl: .seconds(8 * 86_400)) }
             #expect(long?.code == .invalidArgument)
         }
     }
 
     @Test func csrForAnotherKeyThanTheConnectionsIsRefused() async throws {
         try await withHub { hub in
-            let join = try hub.join("prod-eu")
+            let join = try await hub.join("prod-eu")
             let other = P256Key()
             let csr = try PKI.makeCSR(key: other, commonName: "x")
             let connectionKey = P256Key()
-            let error = #expect(throws: TetherError.self) {
-                try hub.core.enroll(tokenID: join.tokenID, secret: join.secret, csrPEM: csr,
+            let error = await #expect(throws: TetherError.self) {
+                try await hub.core.enroll(tokenID: join.tokenID, secret: join.secret, csrPEM: csr,
                                     bootstrapKey: .init(connectionKey.publicKey))
             }
             #expect(error?.code == .badCSR)
-            let garbage = #expect(throws: TetherError.self) {
-                try hub.core.enroll(tokenID: join.tokenID, secret: join.secret, csrPEM: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----",
+            let garbage = await #expect(throws: TetherError.self) {
+                try await hub.core.enroll(tokenID: join.tokenID, secret: join.secret, csrPEM: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----",
                                     bootstrapKey: .init(connectionKey.publicKey))
             }
             #expect(garbage?.code == .badCSR)

@@ -6,8 +6,9 @@ import Shared
 import TestSupport
 import Testing
 import X509
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// The agent listener refuses every certificate but a current, unrevoked one from
 /// its own CA: at the TLS handshake, or before the first message.

@@ -3,8 +3,9 @@ import Logging
 import NIOCore
 import Shared
 import TestSupport
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// Tests log nothing unless TETHER_TEST_LOG is set.
 let testLogger: Logger = {
@@ -62,12 +63,12 @@ final class TestHub: Sendable {
     }
 
     /// Registers `cluster` (if needed) and returns a fresh join string for it.
-    func join(_ cluster: String, ttl: Duration? = nil) throws -> JoinString {
+    func join(_ cluster: String, ttl: Duration? = nil) async throws -> JoinString {
         let name = try ClusterName(cluster)
-        if try core.database.cluster(name) == nil {
-            _ = try core.addCluster(name, labels: [:])
+        if try await core.database.cluster(name) == nil {
+            _ = try await core.addCluster(name, labels: [:])
         }
-        return try core.createToken(cluster: name, ttl: ttl).1
+        return try await core.createToken(cluster: name, ttl: ttl).1
     }
 
     func status(_ cluster: String) async throws -> ClusterView.Status? {

@@ -2,7 +2,8 @@ import Foundation
 import Shared
 import TestSupport
 import Testing
-@testable import Hub
+@testable import HubStore
+@testable import TetherHub
 
 /// Hostile or mistaken input never traps the hub or the CLI; the data dir is used by
 /// one hub at a time and refused when its secrets are exposed.
@@ -28,7 +29,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: [:])
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: [:])
         let client = try AdminClient(credentialsPath: dir.sub("hub") + "/admin-credentials.json")
         for ttl: Double in [1e19, 1e300, -1, 8 * 86_400] {
             let error = await #expect(throws: TetherError.self, "\(ttl)") {
@@ -79,31 +80,31 @@ import Testing
         }
     }
 
-    @Test func anAgentReportForARevisionBeyondSQLiteIntegersIsRefused() throws {
+    @Test func anAgentReportForARevisionBeyondSQLiteIntegersIsRefused() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let database = try HubDatabase(path: dir.sub("hub.db"))
-        _ = try database.addCluster(ClusterName("prod-eu"), labels: [:], now: Date())
-        let error = #expect(throws: TetherError.self) {
-            try database.recordPolicyReport(cluster: "prod-eu", revision: UInt64.max, results: [], now: Date())
+        _ = try await database.addCluster(ClusterName("prod-eu"), labels: [:], now: Date())
+        let error = await #expect(throws: TetherError.self) {
+            try await database.recordPolicyReport(cluster: "prod-eu", revision: UInt64.max, results: [], now: Date())
         }
         #expect(error?.code == .invalidArgument)
-        #expect(try database.observedRevision("prod-eu") == nil, "nothing stored")
+        #expect(try await database.observedRevision("prod-eu") == nil, "nothing stored")
     }
 
     @Test func anAuditBatchNumberedPastSQLiteIntegersIsRefusedNotTrapped() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: [:])
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: [:])
         // An event the hub cannot index takes the path that computed a sequence first.
         for first in [UInt64.max, UInt64(Int64.max), 0] {
-            let error = #expect(throws: TetherError.self, "\(first)") {
-                _ = try hub.core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: first, events: [Data("not an event".utf8)])
+            let error = await #expect(throws: TetherError.self, "\(first)") {
+                _ = try await hub.core.ingestAudit(cluster: ClusterName("prod-eu"), firstSequence: first, events: [Data("not an event".utf8)])
             }
             #expect(error?.code == .invalidArgument)
         }
-        #expect(try hub.core.auditAcknowledged(ClusterName("prod-eu")) == 0, "nothing stored")
+        #expect(try await hub.core.auditAcknowledged(ClusterName("prod-eu")) == 0, "nothing stored")
         try await hub.stop()
     }
 

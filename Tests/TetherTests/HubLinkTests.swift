@@ -5,8 +5,9 @@ import GRPCNIOTransportHTTP2
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// The agent's channel against a real hub: presence, renewal on the channel,
 /// reconnection across a hub restart, silence, removal and expiry.
@@ -15,7 +16,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
         try await agent.waitUntilConnected()
         #expect(try await hub.status("prod-eu") == .online)
         #expect(metric("tether_agents_connected", in: hub.core.metrics.exposition()) == 1)
@@ -36,7 +37,7 @@ import Testing
         defer { dir.remove() }
         // Lifetime of a few seconds: long enough to connect on a loaded 2-core machine.
         let hub = try await TestHub.start(dataDir: dir.sub("hub"), certificateLifetime: .seconds(5), heartbeatInterval: .seconds(1))
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
         try await agent.waitUntilConnected()
         let firstSerial = try PKI.serialHex(FileIdentityStore(directory: agent.stateDir).load()!.certificate())
 
@@ -48,7 +49,7 @@ import Testing
         #expect(hub.core.registry.sessionsOpened == 1)
         let stored = try #require(try FileIdentityStore(directory: agent.stateDir).load())
         #expect(try PKI.serialHex(stored.certificate()) != firstSerial)
-        let certificates = try hub.core.database.certificates(of: ClusterName("prod-eu"))
+        let certificates = try await hub.core.database.certificates(of: ClusterName("prod-eu"))
         #expect(certificates.filter { $0.purpose == "renew" }.count >= 3)
         #expect(certificates.last?.serial == (try PKI.serialHex(stored.certificate())))
         try await agent.stop()
@@ -60,7 +61,7 @@ import Testing
         defer { dir.remove() }
         let first = try await TestHub.start(dataDir: dir.sub("hub"))
         let port = first.agentPort
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"))
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"))
         try await agent.waitUntilConnected()
         let identity = try FileIdentityStore(directory: agent.stateDir).load()
         try await first.stop()
@@ -69,7 +70,7 @@ import Testing
         let second = try await TestHub.start(dataDir: dir.sub("hub"), listenPort: port)
         try await eventually(timeout: .seconds(15), "reconnected") { try await second.status("prod-eu") == .online }
         #expect(try FileIdentityStore(directory: agent.stateDir).load() == identity, "same identity, no new enrollment")
-        #expect(try second.core.database.certificates(of: ClusterName("prod-eu")).filter { $0.purpose == "enroll" }.count == 1)
+        await #expect(try second.core.database.certificates(of: ClusterName("prod-eu")).filter { $0.purpose == "enroll" }.count == 1)
         try await eventually("agent welcomed again") { agent.link.status.value.channelsOpened == 2 }
         try await agent.stop()
         try await second.stop()
@@ -112,7 +113,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"))
         try await agent.waitUntilConnected()
 
         _ = try await hub.core.removeCluster(ClusterName("prod-eu"))
@@ -176,7 +177,8 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let joins = try (0..<50).map { try hub.join("edge-\($0)") }
+        var joins: [JoinString] = []
+        for i in 0..<50 { joins.append(try await hub.join("edge-\(i)")) }
         let agents = try joins.enumerated().map { i, join in try TestAgent.start(stateDir: dir.sub("agent-\(i)"), join: join) }
         try await eventually(timeout: .seconds(60), "50 online") {
             try await hub.core.clusterViews().filter { $0.status == .online }.count == 50

@@ -3,7 +3,7 @@ import KubeEmulator
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
+@testable import TetherAgent
 
 /// What the agent's Kubernetes client puts on the wire, against the emulator (which
 /// reads requests as kube-apiserver does): apply bodies that YAML 1.1 reads as sent,

@@ -9,8 +9,9 @@ import Shared
 import TestSupport
 import Testing
 import X509
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// A raw TCP connection, for what no well-behaved client does: connect and say
 /// nothing, or stop half way through a ClientHello.
@@ -122,7 +123,7 @@ enum TLSProbe {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"), connectionLimits: Self.quick)
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod"), audit: true, health: true, connectionLimits: Self.quick)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod"), audit: true, health: true, connectionLimits: Self.quick)
         try await agent.waitUntilConnected()
         let auditPort = try #require(await agent.runtime.auditAddress.value.port)
         let healthPort = try #require(await agent.runtime.healthAddress.value.port)
@@ -178,7 +179,7 @@ enum TLSProbe {
         // Slots come back when pending connections go away; an agent then gets in.
         for connection in silent { await connection.close() }
         try await eventually("none pending") { pending() == 0 }
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod"))
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod"))
         try await agent.waitUntilConnected()
         try await agent.stop()
         try await hub.stop()
@@ -188,7 +189,7 @@ enum TLSProbe {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod"), audit: true)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod"), audit: true)
         try await agent.waitUntilConnected()
         let auditPort = try #require(await agent.runtime.auditAddress.value.port)
         // The agent listener wants a client certificate at the handshake: an

@@ -3,8 +3,9 @@ import KubeEmulator
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// The agent writes only objects it proves are Tether's, on every path: the first
 /// apply, the drift watcher's relists (after an agent restart, a 410, a watch the
@@ -235,8 +236,8 @@ import Testing
         foreign[path: ["metadata", "name"]] = "platform-admin"
         let original = try emulator.put(foreign, manager: "helm")
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
-        let join = try hub.join("prod-eu")
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+        let join = try await hub.join("prod-eu")
         func startAgent() throws -> (AgentRuntime, Task<Void, any Error>) {
             var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: join)
             config.healthListen = nil
@@ -251,9 +252,9 @@ import Testing
         }
         func expectFailedAtHub(sourceLocation: SourceLocation = #_sourceLocation) async throws {
             try await eventually("failed at the hub") {
-                try hub.core.policyStatus(bundle: "platform").first?.results.first { $0.object == "ClusterRole/platform-admin" }?.state == "failed"
+                try await hub.core.policyStatus(bundle: "platform").first?.results.first { $0.object == "ClusterRole/platform-admin" }?.state == .failed
             }
-            let row = try #require(try hub.core.policyStatus(bundle: "platform").first, sourceLocation: sourceLocation)
+            let row = try #require(try await hub.core.policyStatus(bundle: "platform").first, sourceLocation: sourceLocation)
             #expect(row.state == "failed", sourceLocation: sourceLocation)
             #expect(row.message?.contains("ClusterRole/platform-admin already exists and is not managed by Tether") == true, "\(row.message ?? "")",
                     sourceLocation: sourceLocation)
@@ -262,7 +263,7 @@ import Testing
 
         var (runtime, task) = try startAgent()
         let yaml = PolicyDistributionTests.bundle("platform", selector: "{matchLabels: {env: prod}}", roles: ["view-pods", "platform-admin"])
-        _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "b.yaml"))
+        _ = try await hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "b.yaml"))
         try await eventually("view-pods applied") { emulator.object(.clusterRoles, name: "view-pods") != nil }
         try await expectFailedAtHub()
 

@@ -2,8 +2,9 @@ import Foundation
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// Bundles compiled per cluster and carried to agents over their channels (these
 /// agents have no Kubernetes API: each object comes back failed with the reason).
@@ -25,52 +26,52 @@ import Testing
         """
     }
 
-    func apply(_ hub: TestHub, _ yaml: String) throws -> [DesiredState] {
-        try hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "test.yaml"))
+    func apply(_ hub: TestHub, _ yaml: String) async throws -> [DesiredState] {
+        try await hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "test.yaml"))
     }
 
     @Test func bundlesFollowLabelsAndReachAgentsOnlineAndOffline() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod", "region": "eu"])
-        _ = try hub.core.addCluster(ClusterName("dev"), labels: ["env": "dev"])
-        let prod = try TestAgent.start(stateDir: dir.sub("prod"), join: try hub.join("prod-eu"))
-        let dev = try TestAgent.start(stateDir: dir.sub("dev"), join: try hub.join("dev"))
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod", "region": "eu"])
+        _ = try await hub.core.addCluster(ClusterName("dev"), labels: ["env": "dev"])
+        let prod = try await TestAgent.start(stateDir: dir.sub("prod"), join: try hub.join("prod-eu"))
+        let dev = try await TestAgent.start(stateDir: dir.sub("dev"), join: try hub.join("dev"))
         try await prod.waitUntilConnected()
         try await dev.waitUntilConnected()
 
-        let changed = try apply(hub, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["view-pods"]))
+        let changed = try await apply(hub, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["view-pods"]))
         #expect(changed.map(\.cluster) == ["prod-eu"])
         try await eventually("prod applied revision 1") { prod.link.status.value.observedRevision == 1 }
         #expect(dev.link.status.value.observedRevision == 0)
-        try await eventually("status reported") { try hub.core.policyStatus(bundle: "readonly").first?.observedRevision == 1 }
-        let row = try #require(try hub.core.policyStatus(bundle: "readonly").first)
+        try await eventually("status reported") { try await hub.core.policyStatus(bundle: "readonly").first?.observedRevision == 1 }
+        let row = try #require(try await hub.core.policyStatus(bundle: "readonly").first)
         #expect(row.cluster == "prod-eu" && row.desiredRevision == 1 && row.state == "failed")
         #expect(row.message?.contains("no Kubernetes API configured") == true)
 
         // The same content again makes no new revision.
-        #expect(try apply(hub, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["view-pods"])).isEmpty)
+        #expect(try await apply(hub, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["view-pods"])).isEmpty)
 
         // Relabelling moves clusters in and out.
-        _ = try hub.core.relabelCluster(ClusterName("dev"), changes: ["env": "prod"])
+        _ = try await hub.core.relabelCluster(ClusterName("dev"), changes: ["env": "prod"])
         try await eventually("dev now gets it") { dev.link.status.value.observedRevision == 1 }
-        _ = try hub.core.relabelCluster(ClusterName("prod-eu"), changes: ["env": nil])
+        _ = try await hub.core.relabelCluster(ClusterName("prod-eu"), changes: ["env": nil])
         try await eventually("prod-eu gets an empty state") { prod.link.status.value.observedRevision == 2 }
-        #expect(try hub.core.database.desiredState("prod-eu")?.objects.isEmpty == true)
-        #expect(try hub.core.policyStatus(bundle: "readonly").map(\.cluster) == ["dev"])
+        #expect(try await hub.core.database.desiredState("prod-eu")?.objects.isEmpty == true)
+        #expect(try await hub.core.policyStatus(bundle: "readonly").map(\.cluster) == ["dev"])
 
         // An offline agent catches up when it reconnects.
         try await dev.stop()
-        _ = try apply(hub, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["view-pods", "view-logs"]))
+        _ = try await apply(hub, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["view-pods", "view-logs"]))
         let devAgain = try TestAgent.start(stateDir: dir.sub("dev"), join: nil)
-        try await eventually("dev catches up") { try hub.core.database.observedRevision("dev") == 2 }
-        #expect(try hub.core.database.desiredState("dev")?.objects.count == 2)
+        try await eventually("dev catches up") { try await hub.core.database.observedRevision("dev") == 2 }
+        #expect(try await hub.core.database.desiredState("dev")?.objects.count == 2)
 
         // Deleting the bundle empties every cluster it reached.
-        _ = try hub.core.deleteBundle("readonly")
-        try await eventually("dev emptied") { try hub.core.database.observedRevision("dev") == 3 }
-        #expect(throws: TetherError.self) { try hub.core.policyStatus(bundle: "readonly") }
+        _ = try await hub.core.deleteBundle("readonly")
+        try await eventually("dev emptied") { try await hub.core.database.observedRevision("dev") == 3 }
+        await #expect(throws: TetherError.self) { try await hub.core.policyStatus(bundle: "readonly") }
         try await devAgain.stop()
         try await prod.stop()
         try await hub.stop()
@@ -80,19 +81,19 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod", "region": "eu"])
-        _ = try hub.core.addCluster(ClusterName("prod-us"), labels: ["env": "prod", "region": "us"])
-        _ = try apply(hub, Self.bundle("eu", selector: "{matchLabels: {region: eu}}", roles: ["shared"]))
-        let error = #expect(throws: TetherError.self) {
-            try apply(hub, Self.bundle("prod", selector: "{matchLabels: {env: prod}}", roles: ["shared"]))
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod", "region": "eu"])
+        _ = try await hub.core.addCluster(ClusterName("prod-us"), labels: ["env": "prod", "region": "us"])
+        _ = try await apply(hub, Self.bundle("eu", selector: "{matchLabels: {region: eu}}", roles: ["shared"]))
+        let error = await #expect(throws: TetherError.self) {
+            try await apply(hub, Self.bundle("prod", selector: "{matchLabels: {env: prod}}", roles: ["shared"]))
         }
         #expect(error?.message.contains("bundles eu and prod would both put ClusterRole/shared on cluster prod-eu") == true, "\(error?.message ?? "")")
-        #expect(try hub.core.database.bundleDocuments().map(\.name) == ["eu"])
-        #expect(try hub.core.database.desiredState("prod-us") == nil)
+        #expect(try await hub.core.database.bundleDocuments().map(\.name) == ["eu"])
+        #expect(try await hub.core.database.desiredState("prod-us") == nil)
         // A relabel that would create the overlap is refused too.
-        _ = try apply(hub, Self.bundle("team-a", selector: "{matchLabels: {team: a}}", roles: ["shared"]))
-        #expect(throws: TetherError.self) { try hub.core.relabelCluster(ClusterName("prod-eu"), changes: ["team": "a"]) }
-        #expect(try hub.core.database.cluster(ClusterName("prod-eu"))?.labels["team"] == nil)
+        _ = try await apply(hub, Self.bundle("team-a", selector: "{matchLabels: {team: a}}", roles: ["shared"]))
+        await #expect(throws: TetherError.self) { try await hub.core.relabelCluster(ClusterName("prod-eu"), changes: ["team": "a"]) }
+        #expect(try await hub.core.database.cluster(ClusterName("prod-eu"))?.labels["team"] == nil)
         try await hub.stop()
     }
 
@@ -101,17 +102,17 @@ import Testing
         defer { dir.remove() }
         let first = try await TestHub.start(dataDir: dir.sub("hub"))
         let port = first.agentPort
-        _ = try first.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"))
-        _ = try apply(first, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["a", "b"]))
+        _ = try await first.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try first.join("prod-eu"))
+        _ = try await apply(first, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["a", "b"]))
         try await eventually("applied") { agent.link.status.value.observedRevision == 1 }
         try await first.stop()
 
         let second = try await TestHub.start(dataDir: dir.sub("hub"), listenPort: port)
-        #expect(try second.core.database.desiredState("prod-eu")?.revision == 1)
-        #expect(try second.core.database.desiredState("prod-eu")?.objects.map(\.name) == ["a", "b"])
+        await #expect(try second.core.database.desiredState("prod-eu")?.revision == 1)
+        await #expect(try second.core.database.desiredState("prod-eu")?.objects.map(\.name) == ["a", "b"])
         try await eventually("reconnected") { try await second.status("prod-eu") == .online }
-        _ = try apply(second, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["a"]))
+        _ = try await apply(second, Self.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["a"]))
         try await eventually("revision 2 after restart") { agent.link.status.value.observedRevision == 2 }
         try await agent.stop()
         try await second.stop()

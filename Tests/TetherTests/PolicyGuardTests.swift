@@ -2,7 +2,8 @@ import Foundation
 import Shared
 import TestSupport
 import Testing
-@testable import Hub
+@testable import HubStore
+@testable import TetherHub
 
 /// What `policy apply` refuses before anything is stored: privileged grants without
 /// consent, YAML aliases and oversized files, and names and references the API
@@ -102,10 +103,10 @@ import Testing
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
         let privileged = Self.bundle(Self.binding(role: "cluster-admin", subjects: Self.devs), spec: "  allowPrivileged: true")
-        _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: privileged, file: "a.yaml"))
-        _ = try hub.core.applyBundles(try PolicyParser.parse(
+        _ = try await hub.core.applyBundles(try PolicyParser.parse(yaml: privileged, file: "a.yaml"))
+        _ = try await hub.core.applyBundles(try PolicyParser.parse(
             yaml: PolicyDistributionTests.bundle("plain", selector: "{}", roles: ["view-pods"]), file: "b.yaml"))
-        let views = try AdminServer.bundleViews(core: hub.core, includeDocument: false)
+        let views = try await AdminServer.bundleViews(core: hub.core, includeDocument: false)
         #expect(views.map(\.name) == ["ops", "plain"])
         #expect(views[0].allowPrivileged && views[0].privilegedGrants == ["ClusterRoleBinding/ops binds cluster-admin"])
         #expect(!views[1].allowPrivileged && views[1].privilegedGrants.isEmpty)
@@ -128,8 +129,8 @@ import Testing
         let refused = try await runCommand(cli, ["policy", "apply", "-f", dir.sub("wild.yaml"), "--credentials", credentials])
         #expect(refused.status != 0)
         #expect(refused.stderr.contains("\(dir.sub("wild.yaml")): line 11: bundle ops: resources[1] (ClusterRole/everything)"), "\(refused.stderr)")
-        #expect(try hub.core.database.bundleDocuments().map(\.name) == ["ops", "plain"])
-        #expect(try AdminServer.bundleViews(core: hub.core, includeDocument: false)[0].resources == 2, "the stored ops bundle is unchanged")
+        #expect(try await hub.core.database.bundleDocuments().map(\.name) == ["ops", "plain"])
+        await #expect(try AdminServer.bundleViews(core: hub.core, includeDocument: false)[0].resources == 2, "the stored ops bundle is unchanged")
         try await hub.stop()
     }
 
@@ -137,33 +138,33 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        func apply(_ yaml: String, file: String) throws { _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: file)) }
-        try apply(Self.bundle(Self.wildcardRole, spec: "  allowPrivileged: true", name: "roles"), file: "roles.yaml")
+        func apply(_ yaml: String, file: String) async throws { _ = try await hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: file)) }
+        try await apply(Self.bundle(Self.wildcardRole, spec: "  allowPrivileged: true", name: "roles"), file: "roles.yaml")
 
         let binder = Self.bundle(Self.binding(role: "everything", subjects: Self.devs), name: "devs")
-        let error = #expect(throws: TetherError.self) { try apply(binder, file: "devs.yaml") }
+        let error = await #expect(throws: TetherError.self) { try await apply(binder, file: "devs.yaml") }
         #expect(error?.message == """
             devs.yaml: line 11: bundle devs: resources[1] (ClusterRoleBinding/ops): binds ClusterRole/everything of bundle roles, \
             which allows every verb on every resource; a bundle may grant this only with spec.allowPrivileged: true
             """, "\(error?.message ?? "")")
-        #expect(try hub.core.database.bundleDocuments().map(\.name) == ["roles"], "nothing stored")
+        #expect(try await hub.core.database.bundleDocuments().map(\.name) == ["roles"], "nothing stored")
 
-        try apply(Self.bundle(Self.binding(role: "everything", subjects: Self.devs), spec: "  allowPrivileged: true", name: "devs"), file: "devs.yaml")
-        let views = try AdminServer.bundleViews(core: hub.core, includeDocument: false)
+        try await apply(Self.bundle(Self.binding(role: "everything", subjects: Self.devs), spec: "  allowPrivileged: true", name: "devs"), file: "devs.yaml")
+        let views = try await AdminServer.bundleViews(core: hub.core, includeDocument: false)
         #expect(views.first { $0.name == "devs" }?.privilegedGrants == [
             "ClusterRoleBinding/ops binds ClusterRole/everything of bundle roles, which allows every verb on every resource",
         ])
 
         // The other way round: a stored bundle binds a role that a new bundle would
         // turn into a wildcard one.
-        try apply(Self.bundle(Self.binding(name: "later", role: "later", subjects: Self.devs), name: "team"), file: "team.yaml")
+        try await apply(Self.bundle(Self.binding(name: "later", role: "later", subjects: Self.devs), name: "team"), file: "team.yaml")
         let later = Self.wildcardRole.replacingOccurrences(of: "{name: everything}", with: "{name: later}")
-        let reverse = #expect(throws: TetherError.self) {
-            try apply(Self.bundle(later, spec: "  allowPrivileged: true", name: "more-roles"), file: "more.yaml")
+        let reverse = await #expect(throws: TetherError.self) {
+            try await apply(Self.bundle(later, spec: "  allowPrivileged: true", name: "more-roles"), file: "more.yaml")
         }
         #expect(reverse?.message.hasPrefix("more.yaml: bundle more-roles would give stored bundle team, which does not set spec.allowPrivileged") == true,
                 "\(reverse?.message ?? "")")
-        #expect(try hub.core.database.bundleDocuments().map(\.name) == ["devs", "roles", "team"])
+        #expect(try await hub.core.database.bundleDocuments().map(\.name) == ["devs", "roles", "team"])
         try await hub.stop()
     }
 

@@ -1,7 +1,8 @@
 import Foundation
 import Shared
 import Testing
-@testable import Hub
+@testable import HubStore
+@testable import TetherHub
 
 /// Label selectors and bundle files: what is accepted and how refusals read.
 @Suite struct PolicyParsingTests {

@@ -3,8 +3,9 @@ import KubeEmulator
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// The agent's Kubernetes client and reconciler against the Kubernetes API emulator.
 @Suite struct ReconcileTests {
@@ -122,16 +123,16 @@ import Testing
     @Test func aBundleReachesTheClusterThroughHubAndAgent() async throws {
         try await withEmulator { emulator, _, dir in
             let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-            _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
-            var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try hub.join("prod-eu"))
+            _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+            var config = await AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try hub.join("prod-eu"))
             config.healthListen = nil
             config.auditListen = nil
             config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("kubeconfig"))
             let runtime = try AgentRuntime(configuration: config, logger: testLogger)
             let task = Task { try await runtime.run() }
             let yaml = PolicyDistributionTests.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: ["view-pods"])
-            _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "b.yaml"))
-            try await eventually("in sync") { try hub.core.policyStatus(bundle: "readonly").first?.state == "in-sync" }
+            _ = try await hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "b.yaml"))
+            try await eventually("in sync") { try await hub.core.policyStatus(bundle: "readonly").first?.state == "in-sync" }
             #expect(emulator.object(.clusterRoles, name: "view-pods")?[path: ["metadata", "labels", "app.kubernetes.io/managed-by"]]?.string == "tether")
 
             // A hand edit with the real kubectl is put back and reported.
@@ -144,15 +145,15 @@ import Testing
                 emulator.object(.clusterRoles, name: "view-pods")?[path: ["rules"]]?.arrayValue?.first?["resources"]?.arrayValue?.first?.string == "pods"
             }
             // Repaired: in sync again, with the repair kept as the last drift.
-            try await eventually("drift reported") { try hub.core.policyStatus(bundle: "readonly").first?.lastDrift != nil }
-            #expect(try hub.core.policyStatus(bundle: "readonly").first?.state == "in-sync")
-            #expect(try hub.core.policyStatus(bundle: "readonly").first?.lastDrift?.object == "ClusterRole/view-pods")
+            try await eventually("drift reported") { try await hub.core.policyStatus(bundle: "readonly").first?.lastDrift != nil }
+            #expect(try await hub.core.policyStatus(bundle: "readonly").first?.state == "in-sync")
+            #expect(try await hub.core.policyStatus(bundle: "readonly").first?.lastDrift?.object == "ClusterRole/view-pods")
 
             // A hand delete is re-created.
             try emulator.delete(.clusterRoles, name: "view-pods")
             try await eventually("re-created") { emulator.object(.clusterRoles, name: "view-pods") != nil }
 
-            _ = try hub.core.deleteBundle("readonly")
+            _ = try await hub.core.deleteBundle("readonly")
             try await eventually("pruned") { emulator.object(.clusterRoles, name: "view-pods") == nil }
             await runtime.shutdown()
             try await task.value
@@ -198,7 +199,7 @@ import Testing
             let second = try await runtime(stateDir: dir.sub("pod-2"), join: nil)
             let task2 = Task { try await second.run() }
             try await eventually("online again without a token") { second.link.status.value.connected }
-            #expect(try hub.core.database.certificates(of: ClusterName("prod-eu")).filter { $0.purpose == "enroll" }.count == 1)
+            #expect(try await hub.core.database.certificates(of: ClusterName("prod-eu")).filter { $0.purpose == "enroll" }.count == 1)
             let secondEndpoint = try #require(second.endpoint)
             #expect(secondEndpoint.token == firstEndpoint.token && secondEndpoint.caPEM == firstEndpoint.caPEM)
             let rv = emulator.object(.secrets, namespace: "default", name: "tether-agent-audit-webhook")?[path: ["metadata", "resourceVersion"]]?.string
@@ -234,12 +235,12 @@ import Testing
         try prodAPI.writeKubeconfig(to: dir.sub("prod.kubeconfig"))
         try devAPI.writeKubeconfig(to: dir.sub("dev.kubeconfig"))
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
-        _ = try hub.core.addCluster(ClusterName("dev"), labels: ["env": "dev"])
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+        _ = try await hub.core.addCluster(ClusterName("dev"), labels: ["env": "dev"])
         var runtimes: [AgentRuntime] = []
         var tasks: [Task<Void, any Error>] = []
         for (cluster, kubeconfig) in [("prod-eu", "prod.kubeconfig"), ("dev", "dev.kubeconfig")] {
-            var config = AgentConfiguration(stateDirectory: dir.sub(cluster), joinString: try hub.join(cluster))
+            var config = await AgentConfiguration(stateDirectory: dir.sub(cluster), joinString: try hub.join(cluster))
             config.healthListen = nil
             config.auditListen = nil
             config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub(kubeconfig))
@@ -247,20 +248,20 @@ import Testing
             runtimes.append(runtime)
             tasks.append(Task { try await runtime.run() })
         }
-        func apply(_ roles: [String]) throws {
+        func apply(_ roles: [String]) async throws {
             let yaml = PolicyDistributionTests.bundle("readonly", selector: "{matchLabels: {env: prod}}", roles: roles)
-            _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "b.yaml"))
+            _ = try await hub.core.applyBundles(try PolicyParser.parse(yaml: yaml, file: "b.yaml"))
         }
-        try apply(["view-pods"])
+        try await apply(["view-pods"])
         try await eventually("prod has it") { prodAPI.object(.clusterRoles, name: "view-pods") != nil }
         // Editing the bundle updates the matching cluster; the other never sees it.
-        try apply(["view-pods", "view-logs"])
+        try await apply(["view-pods", "view-logs"])
         try await eventually("edit reached prod") { prodAPI.object(.clusterRoles, name: "view-logs") != nil }
-        try await eventually("in sync") { try hub.core.policyStatus(bundle: "readonly").map(\.state) == ["in-sync"] }
+        try await eventually("in sync") { try await hub.core.policyStatus(bundle: "readonly").map(\.state) == ["in-sync"] }
         #expect(devAPI.object(.clusterRoles, name: "view-pods") == nil && devAPI.object(.clusterRoles, name: "view-logs") == nil)
         // Relabel: dev moves in, prod moves out (its copies are pruned).
-        _ = try hub.core.relabelCluster(ClusterName("dev"), changes: ["env": "prod"])
-        _ = try hub.core.relabelCluster(ClusterName("prod-eu"), changes: ["env": "staging"])
+        _ = try await hub.core.relabelCluster(ClusterName("dev"), changes: ["env": "prod"])
+        _ = try await hub.core.relabelCluster(ClusterName("prod-eu"), changes: ["env": "staging"])
         try await eventually("dev has both") { devAPI.object(.clusterRoles, name: "view-logs") != nil && devAPI.object(.clusterRoles, name: "view-pods") != nil }
         try await eventually("prod pruned") { prodAPI.object(.clusterRoles, name: "view-pods") == nil && prodAPI.object(.clusterRoles, name: "view-logs") == nil }
         for runtime in runtimes { await runtime.shutdown() }

@@ -3,7 +3,8 @@ import GRDB
 import Shared
 import TestSupport
 import Testing
-@testable import Hub
+@testable import HubStore
+@testable import TetherHub
 
 /// The data dir and database: created safely, reused, and never silently recreated.
 @Suite struct StoreTests {
@@ -21,12 +22,12 @@ import Testing
         let credentials = try JSONDecoder().decode(AdminCredentials.self, from: Data(contentsOf: URL(fileURLWithPath: path + "/admin-credentials.json")))
         #expect(credentials.server == "https://127.0.0.1:\(hub.adminPort)")
         let fingerprint = try PKI.fingerprint(hub.core.ca.certificate)
-        _ = try hub.core.addCluster(ClusterName("kept"), labels: ["env": "prod"])
+        _ = try await hub.core.addCluster(ClusterName("kept"), labels: ["env": "prod"])
         try await hub.stop()
 
         let again = try await TestHub.start(dataDir: path)
         #expect(try PKI.fingerprint(again.core.ca.certificate) == fingerprint)
-        #expect(try again.core.database.clusters().map(\.labels) == [["env": "prod"]])
+        await #expect(try again.core.database.clusters().map(\.labels) == [["env": "prod"]])
         let reread = try JSONDecoder().decode(AdminCredentials.self, from: Data(contentsOf: URL(fileURLWithPath: path + "/admin-credentials.json")))
         #expect(reread.token == credentials.token, "the operator credential survives restarts")
         try await again.stop()
@@ -58,32 +59,32 @@ import Testing
         #expect(error?.message.contains("v9-from-the-future") == true)
     }
 
-    @Test func reopeningAppliesNoMigrationTwice() throws {
+    @Test func reopeningAppliesNoMigrationTwice() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let path = dir.sub("hub.db")
-        _ = try HubDatabase(path: path).addCluster(ClusterName("a"), labels: [:], now: Date())
+        _ = try await HubDatabase(path: path).addCluster(ClusterName("a"), labels: [:], now: Date())
         let reopened = try HubDatabase(path: path)
-        #expect(try reopened.clusters().map(\.name) == ["a"])
-        let applied = try reopened.writer.read { try HubDatabase.migrator.appliedIdentifiers($0) }
+        await #expect(try reopened.clusters().map(\.name) == ["a"])
+        let applied = try await reopened.writer.read { try HubDatabase.migrator.appliedIdentifiers($0) }
         #expect(applied == Set(HubDatabase.migrator.migrations))
-        #expect(try reopened.writer.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") } == "wal")
+        await #expect(try reopened.writer.read { try String.fetchOne($0, sql: "PRAGMA journal_mode") } == "wal")
     }
 
-    @Test func aFailedEnrollmentWritesNothing() throws {
+    @Test func aFailedEnrollmentWritesNothing() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let db = try HubDatabase(path: dir.sub("hub.db"))
-        _ = try db.addCluster(ClusterName("c"), labels: [:], now: Date())
+        _ = try await db.addCluster(ClusterName("c"), labels: [:], now: Date())
         let secret = Base64URL.encode([UInt8](repeating: 3, count: 32))
-        _ = try db.createToken(id: "tok12345", cluster: ClusterName("c"), secretHash: AdminCredentials.hash(secret), expiresAt: Date().addingTimeInterval(60), now: Date())
+        _ = try await db.createToken(id: "tok12345", cluster: ClusterName("c"), secretHash: AdminCredentials.hash(secret), expiresAt: Date().addingTimeInterval(60), now: Date())
         struct SigningFailed: Error {}
-        #expect(throws: SigningFailed.self) {
-            try db.enroll(tokenID: "tok12345", secret: secret, now: Date()) { _ in throw SigningFailed() }
+        await #expect(throws: SigningFailed.self) {
+            try await db.enroll(tokenID: "tok12345", secret: secret, now: Date()) { _ in throw SigningFailed() }
         }
-        #expect(try db.tokens().first?.usedAt == nil, "token not consumed")
-        #expect(try db.certificates(of: ClusterName("c")).isEmpty)
-        #expect(try db.cluster(ClusterName("c"))?.enrolledAt == nil)
+        await #expect(try db.tokens().first?.usedAt == nil, "token not consumed")
+        await #expect(try db.certificates(of: ClusterName("c")).isEmpty)
+        await #expect(try db.cluster(ClusterName("c"))?.enrolledAt == nil)
     }
 
     @Test func mismatchedCAFilesAreRefused() async throws {

@@ -4,8 +4,9 @@ import GRPCNIOTransportHTTP2
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// Every per-cluster stream (the link and the audit stream) is in the hub's
 /// connection registry: removing the cluster, or its certificate running out,
@@ -16,9 +17,9 @@ import Testing
     @Test func removalReturnsEveryStreamOfTheClusterAndOnlyThose() throws {
         var table = ConnectionTable()
         let eu = try ClusterName("prod-eu"), us = try ClusterName("prod-us")
-        let (link, _) = table.register(eu, stream: .link, peer: "a", close: { _ in }, nudge: {}, certificateDeadline: { nil })
-        let (audit, _) = table.register(eu, stream: .audit, peer: "a", close: { _ in }, nudge: {}, certificateDeadline: { nil })
-        _ = table.register(us, stream: .link, peer: "b", close: { _ in }, nudge: {}, certificateDeadline: { nil })
+        let (link, _) = table.register(eu, stream: .link, peer: "a", close: { _ in }, deliver: { _ in }, certificateDeadline: { nil })
+        let (audit, _) = table.register(eu, stream: .audit, peer: "a", close: { _ in }, deliver: { _ in }, certificateDeadline: { nil })
+        _ = table.register(us, stream: .link, peer: "b", close: { _ in }, deliver: { _ in }, certificateDeadline: { nil })
         #expect(table.linkCount == 2)
         let removed = table.removeAll(eu)
         #expect(Set(removed.map(\.id)) == [link, audit])
@@ -31,10 +32,10 @@ import Testing
     @Test func aNewStreamReplacesTheOldOneOfTheSameKindOnly() throws {
         var table = ConnectionTable()
         let eu = try ClusterName("prod-eu")
-        let (link, _) = table.register(eu, stream: .link, peer: "a", close: { _ in }, nudge: {}, certificateDeadline: { nil })
-        let (oldAudit, none) = table.register(eu, stream: .audit, peer: "a", close: { _ in }, nudge: {}, certificateDeadline: { nil })
+        let (link, _) = table.register(eu, stream: .link, peer: "a", close: { _ in }, deliver: { _ in }, certificateDeadline: { nil })
+        let (oldAudit, none) = table.register(eu, stream: .audit, peer: "a", close: { _ in }, deliver: { _ in }, certificateDeadline: { nil })
         #expect(none == nil)
-        let (newAudit, replaced) = table.register(eu, stream: .audit, peer: "a", close: { _ in }, nudge: {}, certificateDeadline: { nil })
+        let (newAudit, replaced) = table.register(eu, stream: .audit, peer: "a", close: { _ in }, deliver: { _ in }, certificateDeadline: { nil })
         #expect(replaced?.id == oldAudit)
         #expect(table.registration(eu, .link)?.id == link, "the link is untouched")
         // The replaced stream unwinding does not remove its successor.
@@ -127,7 +128,9 @@ import Testing
             group.cancelAll()
         }
         #expect(call.error.value?.code == .permissionDenied, "\(String(describing: call.error.value))")
-        #expect(call.error.value?.message.contains("cluster-revoked") == true)
+        // The code travels as typed metadata on the status, not in the message.
+        #expect(call.error.value?.metadata[stringValues: TetherError.rpcCodeKey].map { $0 } == ["cluster-revoked"])
+        #expect(call.error.value.map { TetherError(fromHub: $0).code } == .clusterRevoked)
         try await hub.stop()
     }
 
@@ -149,7 +152,7 @@ import Testing
         #expect(ended >= notAfter.addingTimeInterval(-0.2), "not before expiry: ended \(ended), expiry \(notAfter)")
         #expect(ended <= notAfter.addingTimeInterval(1), "within 1 s of expiry: ended \(ended), expiry \(notAfter)")
         #expect(call.error.value?.code == .unauthenticated)
-        #expect(call.error.value?.message.contains("certificate-expired") == true)
+        #expect(call.error.value.map { TetherError(fromHub: $0).code } == .certificateExpired)
         try await hub.stop()
     }
 
@@ -157,7 +160,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
         try await agent.waitUntilConnected()
         let cluster = try ClusterName("prod-eu")
         try await eventually("audit stream registered") { hub.core.registry.isOpen(cluster, .audit) }
@@ -173,7 +176,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"), certificateLifetime: .seconds(5), heartbeatInterval: .seconds(1))
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
         try await agent.waitUntilConnected()
         let first = try #require(try FileIdentityStore(directory: agent.stateDir).load()).notValidAfter
         // Renewed on the link past the first certificate's end.
@@ -185,7 +188,7 @@ import Testing
             let body = try #require(try AuditTests.webhookFixtures().first).body
             #expect(try await webhook.post(body).0 == 200)
             let count = UInt64(try AuditTests.items(body).count)
-            try await eventually("delivered") { try hub.core.auditAcknowledged(ClusterName("prod-eu")) == count }
+            try await eventually("delivered") { try await hub.core.auditAcknowledged(ClusterName("prod-eu")) == count }
         } catch {
             try? await webhook.shutdown()
             throw error

@@ -3,8 +3,9 @@ import GRPCCore
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// The agent's channel keeps its parts running: a part that fails is restarted
 /// alone or the channel re-dials (`ChannelSupervisor`), logged and counted,
@@ -110,7 +111,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
         try await agent.waitUntilConnected()
         let cluster = try ClusterName("prod-eu")
         let webhook = try await AuditTests.Webhook(agent: agent)
@@ -125,20 +126,20 @@ import Testing
             }
 
             try await post(fixtures[0].body)
-            try await eventually("first batch stored") { try hub.core.auditAcknowledged(cluster) == UInt64(expected) }
+            try await eventually("first batch stored") { try await hub.core.auditAcknowledged(cluster) == UInt64(expected) }
 
             hub.core.auditIngestFaults.refuseNext(1)
             try await post(fixtures[1].body)
             try await eventually("the refused batch stored after the audit part restarted") {
-                try hub.core.auditAcknowledged(cluster) == UInt64(expected)
+                try await hub.core.auditAcknowledged(cluster) == UInt64(expected)
             }
             #expect(hub.core.auditIngestFaults.refused == 1, "the hub did refuse a batch")
 
             // Forwarding goes on afterwards too.
             try await post(fixtures[2].body)
-            try await eventually("a later batch stored") { try hub.core.auditAcknowledged(cluster) == UInt64(expected) }
+            try await eventually("a later batch stored") { try await hub.core.auditAcknowledged(cluster) == UInt64(expected) }
 
-            let events = try hub.core.database.auditEvents(AuditQuery(cluster: "prod-eu", limit: 1_000_000, afterID: 0))
+            let events = try await hub.core.database.auditEvents(AuditQuery(cluster: "prod-eu", limit: 1_000_000, afterID: 0))
             #expect(events.count == expected, "every event stored exactly once")
             #expect(Set(events.map(\.sequence)) == Set(1...UInt64(expected)))
             try await eventually("spool trimmed to the ack") { agent.runtime.spool.acknowledged == UInt64(expected) }

@@ -2,8 +2,9 @@ import Foundation
 import Shared
 import TestSupport
 import Testing
-@testable import Agent
-@testable import Hub
+@testable import TetherAgent
+@testable import HubStore
+@testable import TetherHub
 
 /// One message size for the agent channel, set on both ends, above the largest
 /// desired state the hub will compile.
@@ -30,17 +31,17 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try hub.core.addCluster(ClusterName("prod"), labels: ["env": "prod"])
-        let agent = try TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod"))
+        _ = try await hub.core.addCluster(ClusterName("prod"), labels: ["env": "prod"])
+        let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod"))
         try await agent.waitUntilConnected()
 
         // Six bundles: about 5.3 MiB, past the 4 MiB that gRPC allows by default.
         var revision: UInt64 = 0
         for index in 0..<6 {
-            let changed = try hub.core.applyBundles(try PolicyParser.parse(yaml: Self.largeBundle(index), file: "large-\(index).yaml"))
+            let changed = try await hub.core.applyBundles(try PolicyParser.parse(yaml: Self.largeBundle(index), file: "large-\(index).yaml"))
             revision = try #require(changed.first).revision
         }
-        let size = try #require(try hub.core.database.desiredState("prod")).objects.reduce(0) { $0 + $1.json.count }
+        let size = try #require(try await hub.core.database.desiredState("prod")).objects.reduce(0) { $0 + $1.json.count }
         #expect(size > 5 << 20)
         try await eventually("the agent received and reported revision \(revision)") {
             agent.link.status.value.observedRevision == revision
@@ -53,7 +54,7 @@ import Testing
         var index = 6
         while refusal == nil, index < 40 {
             do {
-                _ = try hub.core.applyBundles(try PolicyParser.parse(yaml: Self.largeBundle(index), file: "large-\(index).yaml"))
+                _ = try await hub.core.applyBundles(try PolicyParser.parse(yaml: Self.largeBundle(index), file: "large-\(index).yaml"))
                 index += 1
             } catch let error as TetherError {
                 refusal = error
@@ -63,8 +64,8 @@ import Testing
         #expect(error.code == .invalidArgument)
         #expect(error.message.contains("cluster prod's desired state would be 16."), "\(error.message)")
         #expect(error.message.contains("over the 16.0 MiB"), "\(error.message)")
-        #expect(try hub.core.database.bundleDocuments().map(\.name).contains("large-\(index)") == false)
-        let stored = try #require(try hub.core.database.desiredState("prod"))
+        #expect(try await hub.core.database.bundleDocuments().map(\.name).contains("large-\(index)") == false)
+        let stored = try #require(try await hub.core.database.desiredState("prod"))
         #expect(WireLimits.desiredStateBytes(objects: stored.objects.map { ($0.bundle, $0.json.count) }) <= WireLimits.maxDesiredStateBytes)
 
         // The largest accepted state still reaches the agent.

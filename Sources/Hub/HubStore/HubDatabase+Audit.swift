@@ -1,0 +1,268 @@
+import Crypto
+import Foundation
+import GRDB
+import Shared
+
+/// The audit log: events stored idempotently by (cluster, auditID, stage), indexed
+/// for the questions people ask, and chained by hash batch after batch so that a
+/// changed, deleted or reordered row is found by `verifyAuditChain`.
+extension HubDatabase {
+    package static func registerAuditMigrations(_ m: inout DatabaseMigrator) {
+        m.registerMigration("v2-audit") { db in
+            try db.create(table: "auditBatches") { t in
+                t.primaryKey("id", .integer)
+                t.column("cluster", .text).notNull()
+                t.column("firstSequence", .integer).notNull()
+                t.column("lastSequence", .integer).notNull()
+                t.column("eventCount", .integer).notNull()
+                // The batch's events are the contiguous row ids inserted in its transaction.
+                t.column("firstEventID", .integer).notNull().defaults(to: 0)
+                t.column("lastEventID", .integer).notNull().defaults(to: -1)
+                t.column("receivedAt", .datetime).notNull().indexed()
+                t.column("previousHash", .blob).notNull()
+                t.column("hash", .blob).notNull()
+            }
+            try db.create(table: "auditEvents") { t in
+                t.primaryKey("id", .integer)
+                t.column("cluster", .text).notNull()
+                t.column("sequence", .integer).notNull()
+                t.column("batch", .integer).notNull()
+                t.column("auditID", .text).notNull()
+                t.column("stage", .text).notNull()
+                t.column("time", .text).notNull().indexed()
+                t.column("user", .text)
+                t.column("impersonatedUser", .text)
+                t.column("verb", .text)
+                t.column("resource", .text)
+                t.column("namespace", .text)
+                t.column("name", .text)
+                t.column("code", .integer)
+                t.column("event", .blob).notNull()
+                t.uniqueKey(["cluster", "auditID", "stage"])
+            }
+            try db.create(index: "auditEventsClusterTime", on: "auditEvents", columns: ["cluster", "time"])
+            try db.create(index: "auditEventsUserTime", on: "auditEvents", columns: ["user", "time"])
+            try db.create(index: "auditEventsResourceTime", on: "auditEvents", columns: ["resource", "time"])
+            try db.create(index: "auditEventsNamespaceName", on: "auditEvents", columns: ["namespace", "name"])
+            try db.execute(sql: "CREATE INDEX auditEventsImpersonated ON auditEvents(impersonatedUser, time) WHERE impersonatedUser IS NOT NULL")
+            try db.create(table: "auditCursors") { t in
+                t.primaryKey("cluster", .text)
+                t.column("acknowledged", .integer).notNull()
+            }
+            // Where verification starts after retention pruned the oldest batches.
+            try db.create(table: "auditChainAnchor") { t in
+                t.primaryKey("id", .integer).check { $0 == 1 }
+                t.column("batch", .integer).notNull()
+                t.column("hash", .blob).notNull()
+            }
+        }
+    }
+
+    /// The highest sequence stored for `cluster` without a gap.
+    package func auditAcknowledged(_ cluster: String) async throws -> UInt64 {
+        try await writer.read { db in
+            UInt64(try Int64.fetchOne(db, sql: "SELECT acknowledged FROM auditCursors WHERE cluster = ?", arguments: [cluster]) ?? 0)
+        }
+    }
+
+    /// Stores events `firstSequence...` for a cluster in one transaction and returns
+    /// the new acknowledged sequence. Events at or below it were stored before and
+    /// are skipped; an event seen before under another sequence (same auditID and
+    /// stage) is not stored again. A batch that would leave a gap is refused.
+    package func ingestAudit(cluster: String, firstSequence: UInt64, events: [IndexedAuditEvent], now: Date) async throws -> UInt64 {
+        try await writer.write { db in try Self.ingest(db, cluster: cluster, firstSequence: firstSequence, events: events, now: now) }
+    }
+
+    /// Appends one event to the log of cluster `cluster` at its next sequence, in one
+    /// transaction (the hub's own actions: concurrent callers each get their own).
+    package func appendAudit(cluster: String, event: IndexedAuditEvent, now: Date) async throws {
+        try await writer.write { db in
+            let acked = UInt64(try Int64.fetchOne(db, sql: "SELECT acknowledged FROM auditCursors WHERE cluster = ?", arguments: [cluster]) ?? 0)
+            _ = try Self.ingest(db, cluster: cluster, firstSequence: acked + 1, events: [event], now: now)
+        }
+    }
+
+    private static func ingest(_ db: Database, cluster: String, firstSequence: UInt64, events: [IndexedAuditEvent], now: Date) throws -> UInt64 {
+        do {
+            let acked = UInt64(try Int64.fetchOne(db, sql: "SELECT acknowledged FROM auditCursors WHERE cluster = ?", arguments: [cluster]) ?? 0)
+            guard firstSequence <= acked + 1 else {
+                throw TetherError(.invalidArgument, "audit batch starts at \(firstSequence) but the hub has stored up to \(acked); resend from \(acked + 1)")
+            }
+            guard !events.isEmpty else { return acked }
+            let lastSequence = firstSequence + UInt64(events.count) - 1
+            guard lastSequence > acked else { return acked }
+
+            let previous = try Data.fetchOne(db, sql: "SELECT hash FROM auditBatches ORDER BY id DESC LIMIT 1")
+                ?? (try Data.fetchOne(db, sql: "SELECT hash FROM auditChainAnchor WHERE id = 1"))
+                ?? Data(count: 32)
+            try db.execute(sql: """
+                INSERT INTO auditBatches (cluster, firstSequence, lastSequence, eventCount, receivedAt, previousHash, hash)
+                VALUES (?, ?, ?, 0, ?, ?, ?)
+                """, arguments: [cluster, Int64(firstSequence), Int64(lastSequence), now, previous, Data()])
+            let batch = db.lastInsertedRowID
+            let insert = try db.cachedStatement(sql: """
+                INSERT OR IGNORE INTO auditEvents
+                (cluster, sequence, batch, auditID, stage, time, user, impersonatedUser, verb, resource, namespace, name, code, event)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+            var hasher = AuditChain.start(previous: previous, batch: batch, cluster: cluster)
+            var stored = 0
+            var firstID: Int64?
+            for (i, event) in events.enumerated() {
+                let sequence = firstSequence + UInt64(i)
+                guard sequence > acked else { continue }
+                try insert.execute(arguments: [
+                    cluster, Int64(sequence), batch, event.auditID, event.stage, event.time, event.user, event.impersonatedUser,
+                    event.verb, event.resource, event.namespace, event.name, event.code, event.raw,
+                ])
+                if db.changesCount > 0 {
+                    if firstID == nil { firstID = db.lastInsertedRowID }
+                    AuditChain.add(sequence: sequence, event: event.raw, to: &hasher)
+                    stored += 1
+                }
+            }
+            if stored == 0 {
+                try db.execute(sql: "DELETE FROM auditBatches WHERE id = ?", arguments: [batch])
+            } else {
+                try db.execute(sql: "UPDATE auditBatches SET eventCount = ?, hash = ?, firstEventID = ?, lastEventID = ? WHERE id = ?",
+                               arguments: [stored, Data(hasher.finalize()), firstID!, db.lastInsertedRowID, batch])
+            }
+            try db.execute(sql: """
+                INSERT INTO auditCursors (cluster, acknowledged) VALUES (?, ?)
+                ON CONFLICT(cluster) DO UPDATE SET acknowledged = excluded.acknowledged
+                """, arguments: [cluster, Int64(lastSequence)])
+            return lastSequence
+        }
+    }
+
+    /// Events matching `query`, newest last.
+    package func auditEvents(_ query: AuditQuery) async throws -> [StoredAuditEvent] {
+        try await writer.read { db in
+            var clauses: [String] = []
+            var arguments: [any DatabaseValueConvertible] = []
+            func add(_ column: String, _ value: String?) {
+                guard let value else { return }
+                clauses.append("\(column) = ?")
+                arguments.append(value)
+            }
+            add("cluster", query.cluster)
+            if let user = query.user {
+                clauses.append("(user = ? OR impersonatedUser = ?)")
+                arguments.append(user)
+                arguments.append(user)
+            }
+            add("verb", query.verb)
+            add("resource", query.resource)
+            add("namespace", query.namespace)
+            add("name", query.name)
+            if let since = query.since {
+                clauses.append("time >= ?")
+                arguments.append(AuditTime.format(since))
+            }
+            if let until = query.until {
+                clauses.append("time < ?")
+                arguments.append(AuditTime.format(until))
+            }
+            if let after = query.afterID {
+                clauses.append("id > ?")
+                arguments.append(after)
+            }
+            let filter = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
+            let order = query.afterID == nil ? "time, id" : "id"
+            let sql = "SELECT id, cluster, sequence, event FROM auditEvents \(filter) ORDER BY \(order) LIMIT ?"
+            arguments.append(query.limit)
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments)).map {
+                StoredAuditEvent(id: $0["id"], cluster: $0["cluster"], sequence: UInt64($0["sequence"] as Int64), event: $0["event"])
+            }
+        }
+    }
+
+    /// Recomputes the hash chain; returns the first problem found, or nil.
+    package func verifyAuditChain() async throws -> AuditChainReport {
+        try await writer.read { db in
+            var previous = (try Data.fetchOne(db, sql: "SELECT hash FROM auditChainAnchor WHERE id = 1")) ?? Data(count: 32)
+            var checked = 0
+            var events = 0
+            let batches = try Row.fetchCursor(db, sql: "SELECT id, cluster, firstSequence, lastSequence, eventCount, firstEventID, lastEventID, previousHash, hash FROM auditBatches ORDER BY id")
+            while let batch = try batches.next() {
+                let id: Int64 = batch["id"]
+                let cluster: String = batch["cluster"]
+                let range = "\(cluster) sequences \(batch["firstSequence"] as Int64)-\(batch["lastSequence"] as Int64)"
+                guard (batch["previousHash"] as Data) == previous else {
+                    return AuditChainReport(batchesChecked: checked, eventsChecked: events,
+                        problem: "batch \(id) (\(range)) does not follow the batch before it: a batch was deleted, inserted or reordered before it")
+                }
+                var hasher = AuditChain.start(previous: previous, batch: id, cluster: cluster)
+                var count = 0
+                let rows = try Row.fetchCursor(db, sql: "SELECT sequence, event FROM auditEvents WHERE id BETWEEN ? AND ? ORDER BY id",
+                                               arguments: [batch["firstEventID"] as Int64, batch["lastEventID"] as Int64])
+                while let row = try rows.next() {
+                    AuditChain.add(sequence: UInt64(row["sequence"] as Int64), event: row["event"], to: &hasher)
+                    count += 1
+                }
+                let hash = Data(hasher.finalize())
+                guard count == (batch["eventCount"] as Int), hash == (batch["hash"] as Data) else {
+                    return AuditChainReport(batchesChecked: checked, eventsChecked: events,
+                        problem: "batch \(id) (\(range)) was changed: its events do not match its hash (\(count) of \(batch["eventCount"] as Int) events present)")
+                }
+                previous = hash
+                checked += 1
+                events += count
+            }
+            return AuditChainReport(batchesChecked: checked, eventsChecked: events, problem: nil)
+        }
+    }
+
+    /// Deletes whole batches received before `cutoff`, oldest first, and moves the
+    /// chain's anchor to the last one deleted so verification still holds.
+    package func pruneAudit(before cutoff: Date) async throws -> Int {
+        try await writer.write { db in
+            guard let last = try Row.fetchOne(db, sql: """
+                SELECT id, hash, lastEventID FROM auditBatches WHERE id < COALESCE((SELECT MIN(id) FROM auditBatches WHERE receivedAt >= ?), 1 << 62)
+                ORDER BY id DESC LIMIT 1
+                """, arguments: [cutoff]) else { return 0 }
+            let id: Int64 = last["id"]
+            let lastEvent: Int64 = last["lastEventID"]
+            let deleted = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM auditEvents WHERE id <= ?", arguments: [lastEvent]) ?? 0
+            try db.execute(sql: "DELETE FROM auditEvents WHERE id <= ?", arguments: [lastEvent])
+            try db.execute(sql: "DELETE FROM auditBatches WHERE id <= ?", arguments: [id])
+            try db.execute(sql: """
+                INSERT INTO auditChainAnchor (id, batch, hash) VALUES (1, ?, ?)
+                ON CONFLICT(id) DO UPDATE SET batch = excluded.batch, hash = excluded.hash
+                """, arguments: [id, last["hash"] as Data])
+            return deleted
+        }
+    }
+}
+
+/// What `audit verify` found.
+package struct AuditChainReport: Codable, Sendable {
+    package var batchesChecked: Int
+    package var eventsChecked: Int
+    package var problem: String?
+
+    package init(batchesChecked: Int, eventsChecked: Int, problem: String? = nil) {
+        self.batchesChecked = batchesChecked
+        self.eventsChecked = eventsChecked
+        self.problem = problem
+    }
+}
+
+/// The hash of one batch: SHA-256 over the previous batch's hash, the batch id, the
+/// cluster, and each stored event's sequence and bytes, in order.
+package enum AuditChain {
+    package static func start(previous: Data, batch: Int64, cluster: String) -> SHA256 {
+        var h = SHA256()
+        h.update(data: previous)
+        withUnsafeBytes(of: batch.bigEndian) { h.update(bufferPointer: $0) }
+        h.update(data: Data(cluster.utf8))
+        h.update(data: Data([0]))
+        return h
+    }
+
+    package static func add(sequence: UInt64, event: Data, to h: inout SHA256) {
+        withUnsafeBytes(of: sequence.bigEndian) { h.update(bufferPointer: $0) }
+        withUnsafeBytes(of: UInt32(event.count).bigEndian) { h.update(bufferPointer: $0) }
+        h.update(data: event)
+    }
+}

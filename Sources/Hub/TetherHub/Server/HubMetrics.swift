@@ -1,0 +1,47 @@
+import Logging
+import Prometheus
+import Shared
+
+/// The hub's Prometheus metrics, served on the admin listener's `/metrics`.
+/// Each hub owns its registry, so several hubs can run in one test process.
+final class HubMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let agentsConnected: Gauge
+    let enrollments: Counter
+    let enrollmentRefusals: Counter
+    let renewals: Counter
+    let handshakeRefusals: Counter
+    let rpcRefusals: Counter
+    let auditEventsStored: Counter
+    let unknownAgentMessages: Counter
+    let presenceCommits: Counter
+
+    init() {
+        agentsConnected = registry.makeGauge(name: "tether_agents_connected", help: "Agents with an open channel to this hub.")
+        enrollments = registry.makeCounter(name: "tether_enrollments_total", help: "Agents enrolled.")
+        enrollmentRefusals = registry.makeCounter(name: "tether_enrollment_refusals_total", help: "Enrollment attempts refused.")
+        renewals = registry.makeCounter(name: "tether_certificate_renewals_total", help: "Agent certificates renewed.")
+        handshakeRefusals = registry.makeCounter(name: "tether_agent_tls_refusals_total", help: "TLS handshakes refused on the agent listener.")
+        rpcRefusals = registry.makeCounter(name: "tether_agent_rpc_refusals_total", help: "Agent RPCs refused for a revoked, unknown or wrong certificate.")
+        auditEventsStored = registry.makeCounter(name: "tether_audit_events_ingested_total", help: "Audit events received from agents and the hub itself.")
+        unknownAgentMessages = registry.makeCounter(
+            name: "tether_agent_unknown_messages_total", help: "Channel messages of a kind this hub does not know (from newer agents), ignored.")
+        presenceCommits = registry.makeCounter(
+            name: "tether_presence_commits_total", help: "Database transactions that recorded agent presence (heartbeats are written in batches).")
+        presenceCommits.increment(by: Int64(0))
+        unknownAgentMessages.increment(by: Int64(0))
+        agentsConnected.set(Int64(0))
+    }
+
+    /// A listener's connection guard, its refusals counted here.
+    func connectionGuard(listener: String, limits: ConnectionLimits, logger: Logger) -> ConnectionGuard {
+        .counted(listener: listener, limits: limits, registry: registry, logger: logger)
+    }
+
+    /// The Prometheus text exposition.
+    func exposition() -> String {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return String(decoding: buffer, as: UTF8.self)
+    }
+}
