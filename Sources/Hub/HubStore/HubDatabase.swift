@@ -282,7 +282,7 @@ package struct Sighting: Sendable, Equatable {
 }
 
 /// A certificate the CA just signed, before it is recorded.
-package struct IssuedCertificate: Sendable {
+package struct IssuedCertificate: Sendable, Equatable {
     package var serial: String
     package var notAfter: Date
     package var pem: String

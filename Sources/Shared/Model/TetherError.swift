@@ -21,6 +21,8 @@ public struct TetherError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let certificateExpired = Code("certificate-expired")
         public static let unauthenticated = Code("unauthenticated")
         public static let protocolMismatch = Code("protocol-mismatch")
+        /// A message the protocol does not allow at this point (not Hello first).
+        public static let outOfOrder = Code("out-of-order")
         public static let badCSR = Code("bad-csr")
         public static let storage = Code("storage")
         public static let unavailable = Code("unavailable")

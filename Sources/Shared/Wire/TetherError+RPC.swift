@@ -16,7 +16,7 @@ extension TetherError {
         case .alreadyExists: status = .alreadyExists
         case .tokenUnknown, .tokenUsed, .tokenExpired, .tokenRevoked, .unauthenticated, .certificateExpired: status = .unauthenticated
         case .clusterRevoked: status = .permissionDenied
-        case .protocolMismatch: status = .failedPrecondition
+        case .protocolMismatch, .outOfOrder: status = .failedPrecondition
         case .unavailable: status = .unavailable
         default: status = .internalError
         }

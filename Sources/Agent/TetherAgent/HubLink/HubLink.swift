@@ -24,6 +24,8 @@ final class HubLink: Service, Sendable {
     let participants: [any ChannelParticipant]
     /// Applies the desired states the hub sends.
     let applier: any DesiredStateApplier
+    /// What renewal schedules by (virtual in tests).
+    let clock: any AgentClock
 
     struct LinkStatus: Sendable {
         var connected = false
@@ -36,8 +38,10 @@ final class HubLink: Service, Sendable {
     }
 
     init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics,
-         participants: [any ChannelParticipant] = [], applier: any DesiredStateApplier = NoKubernetesApplier()) {
+         participants: [any ChannelParticipant] = [], applier: any DesiredStateApplier = NoKubernetesApplier(),
+         clock: any AgentClock = SystemAgentClock()) {
         self.participants = participants
+        self.clock = clock
         self.applier = applier
         self.store = store
         self.joinString = joinString
@@ -360,24 +364,29 @@ final class HubLink: Service, Sendable {
     }
 
     /// At two thirds of the certificate's life, asks for a new one for a new key on
-    /// this channel; asks again every `retry` until one arrives.
+    /// this channel; asks again every `retry` for the same key until one arrives
+    /// (`RenewalSchedule`).
     private func renewWhenDue(
         identity: Locked<AgentIdentity>, pendingKey: Locked<P256.Signing.PrivateKey?>, retry: Duration,
         outbox: AsyncStream<Tether_V1_AgentMessage>.Continuation
     ) async throws {
+        var schedule = RenewalSchedule(retry: retry)
         while true {
-            let due = try identity.withLock { try $0.renewalDate() }
-            let wait = due.timeIntervalSinceNow
-            if wait > 0 {
-                try await Task.sleep(for: .milliseconds(Int64(wait * 1000) + 1))
-                continue
+            // The reader clears the pending key once it stored the answer: start over
+            // from the new certificate.
+            if schedule.askedAt != nil, pendingKey.value == nil { schedule.answered() }
+            switch schedule.next(now: clock.now(), renewalDate: try identity.withLock { try $0.renewalDate() }) {
+            case .wait(let until):
+                try await clock.sleep(until: min(until, clock.now().addingTimeInterval(retry.seconds)))
+            case .request(let newKey):
+                let key = pendingKey.withLock { pending in
+                    if newKey || pending == nil { pending = P256.Signing.PrivateKey() }
+                    return pending!
+                }
+                let csr = try PKI.makeCSR(key: key, commonName: "tether-agent")
+                logger.info("renewing certificate", metadata: ["retry": "\(!newKey)"])
+                outbox.yield(.with { $0.renew = .with { $0.csrPem = csr } })
             }
-            let key = P256.Signing.PrivateKey()
-            pendingKey.withLock { $0 = key }
-            let csr = try PKI.makeCSR(key: key, commonName: "tether-agent")
-            logger.info("renewing certificate")
-            outbox.yield(.with { $0.renew = .with { $0.csrPem = csr } })
-            try await Task.sleep(for: retry)
         }
     }
 

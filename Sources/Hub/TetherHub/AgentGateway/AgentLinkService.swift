@@ -85,20 +85,23 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
         policyChanged: ChangeSignal,
         logger: Logger
     ) async throws {
-        var sawHello = false
-        var sawUnknown = false
+        var machine = AgentSession()
         for try await message in request {
             session.heard()
-            switch message.kind {
-            case .hello(let hello):
-                guard !sawHello else { continue }
-                guard ProtocolVersion.supported.contains(hello.protocolVersion) else {
-                    throw TetherError(.protocolMismatch,
-                        "agent speaks protocol v\(hello.protocolVersion); this hub speaks v\(ProtocolVersion.supported.lowerBound)-v\(ProtocolVersion.supported.upperBound); upgrade the older side").rpcError
-                }
-                sawHello = true
-                session.agentVersion = hello.agentVersion
-                core.presence.saw(cluster, agentVersion: hello.agentVersion, at: core.clock.now())
+            let incoming: AgentSession.Incoming
+            do {
+                incoming = try AgentSession.Incoming(proto: message)
+            } catch let error as TetherError {
+                throw error.rpcError
+            }
+            switch machine.receive(incoming) {
+            case .none:
+                continue
+            case .close(let error):
+                throw error.rpcError
+            case .open(let agentVersion, let observedRevision):
+                session.agentVersion = agentVersion
+                core.presence.saw(cluster, agentVersion: agentVersion, at: core.clock.now())
                 session.registrationID = core.registry.register(
                     cluster, stream: .link, peer: peer, certificateDeadline: { session.certificateDeadline }, close: { reason in
                     closer.yield(reason)
@@ -111,52 +114,54 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 guard try await core.database.standing(ofCertificate: serial) == .active else {
                     throw TetherError(.clusterRevoked, "the certificate for cluster '\(cluster)' was revoked").rpcError
                 }
-                logger.info("agent connected", metadata: ["agentVersion": "\(hello.agentVersion)"])
+                logger.info("agent connected", metadata: ["agentVersion": "\(agentVersion)"])
                 var welcome = Tether_V1_Welcome()
                 welcome.protocolVersion = ProtocolVersion.current
                 welcome.hubVersion = TetherVersion.current
                 welcome.clusterName = cluster.rawValue
                 welcome.heartbeatIntervalSeconds = core.settings.heartbeatInterval.seconds
                 outbox.yield(.with { $0.welcome = welcome })
-                session.observedRevision = hello.observedRevision
+                session.observedRevision = observedRevision
                 policyChanged.notify()
-            case .heartbeat(let heartbeat) where sawHello:
-                session.agentVersion = heartbeat.agentVersion
-                core.presence.saw(cluster, agentVersion: heartbeat.agentVersion, at: core.clock.now())
+            case .acknowledgeHeartbeat(let agentVersion):
+                session.agentVersion = agentVersion
+                core.presence.saw(cluster, agentVersion: agentVersion, at: core.clock.now())
                 outbox.yield(.with { $0.heartbeatAck = .with { $0.hubTimeUnix = core.clock.now().timeIntervalSince1970 } })
-            case .renew(let renew) where sawHello:
+            case .issueCertificate(let csr, let keyID):
                 do {
-                    let issued = try await core.renew(cluster: cluster, csrPEM: renew.csrPem)
+                    let issued = try await core.renew(cluster: cluster, csrPEM: csr)
+                    machine.issued(issued, keyID: keyID)
                     session.certificateDeadline = issued.notAfter
-                    outbox.yield(.with {
-                        $0.renewed = .with {
-                            $0.certificatePem = issued.pem
-                            $0.caCertificatePem = (try? PKI.pem(core.ca.certificate)) ?? ""
-                        }
-                    })
+                    outbox.yield(renewed(issued))
                 } catch let error as TetherError {
                     throw error.rpcError
                 }
-            case .report(let report) where sawHello:
-                let results = report.results.map(ObjectResult.init(proto:))
-                try await core.database.recordPolicyReport(cluster: cluster.rawValue, revision: report.revision, results: results, now: core.clock.now())
+            case .sendCertificate(let issued):
+                // The agent asked again for the key already signed: the same certificate.
+                outbox.yield(renewed(issued))
+            case .storeReport(let revision, let results):
+                try await core.database.recordPolicyReport(cluster: cluster.rawValue, revision: revision, results: results, now: core.clock.now())
                 for result in results where result.state == .drifted {
                     logger.notice("drift reverted in cluster", metadata: ["object": "\(result.object)", "bundle": "\(result.bundle)"])
                     // The status row keeps only the last drift; the audit log keeps every one.
                     await core.audit(HubAction(verb: "repair", resource: "policyobjects", name: result.object, user: "agent:\(cluster)", code: 200,
                                          message: "cluster \(cluster), bundle \(result.bundle): \(result.message ?? "repaired drift")"))
                 }
-            case .none where sawHello:
-                // A message kind this hub does not know (from a newer agent): skip it
-                // rather than end a channel whose other messages it understands.
+            case .countUnknown(let firstTime):
                 core.metrics.unknownAgentMessages.increment()
-                if !sawUnknown {
-                    sawUnknown = true
+                if firstTime {
                     logger.notice("ignoring a message of a kind this hub does not know (newer agent?); counted in tether_agent_unknown_messages_total",
                                   metadata: ["agentVersion": "\(session.agentVersion)"])
                 }
-            default:
-                throw RPCError(code: .failedPrecondition, message: "the first message on a channel must be Hello")
+            }
+        }
+    }
+
+    private func renewed(_ issued: IssuedCertificate) -> Tether_V1_HubMessage {
+        .with {
+            $0.renewed = .with {
+                $0.certificatePem = issued.pem
+                $0.caCertificatePem = (try? PKI.pem(core.ca.certificate)) ?? ""
             }
         }
     }
