@@ -114,11 +114,9 @@ let package = Package(
         .executableTarget(
             name: "FanoutBenchmark",
             dependencies: [
-                "Shared",
+                "Shared", "TetherAgent",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
-                .product(name: "GRPCCore", package: "grpc-swift-2"),
-                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
-                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],

@@ -1,88 +1,105 @@
 import AsyncHTTPClient
-import Crypto
 import Foundation
-import GRPCCore
-import GRPCNIOTransportHTTP2
+import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import NIOSSL
 import Shared
+import Synchronization
+import TetherAgent
 
-/// Policy fan-out benchmark: one bundle change reaching N connected agents.
-/// Runs a real `tether-hub` process and N minimal in-process agents (real
-/// enrollment, real mTLS channels, no Kubernetes), applies a bundle through the
-/// admin API and times, per agent, the arrival of the new desired state.
+/// Fleet-scale benchmark of the hub with the real agent code (`TetherAgent`'s
+/// `HubLink`: enrollment, mutual TLS, Hello, heartbeats, desired states, reports),
+/// thousands of agents in this process against a real `tether-hub` process.
 ///
 ///     swift build -c release   # every product; several --product flags build only the last
-///     .build/release/tether-bench-fanout --agents 100,1000
+///     .build/release/tether-bench-fanout --agents 1000,10000          # fan-out, then a hub restart
+///     .build/release/tether-bench-fanout --heartbeat --agents 1000     # presence load
+///
+/// Fan-out mode, per agent count: registers the clusters, starts the agents,
+/// applies a bundle and times its arrival at every agent; then restarts the hub
+/// (SIGTERM, start on the same data dir and port) and times the reconnect storm
+/// until every agent is connected again, and a second bundle change after it.
+///
+/// Heartbeat mode: the hub asks for a heartbeat every second; for `--duration`
+/// seconds (60) `cluster list` runs in a loop. Prints SQLite commits per second from
+/// presence, admin latency and hub memory.
 @main
 struct FanoutBenchmark {
-    static func main() async throws {
-        var options = [String: String]()
-        var args = CommandLine.arguments.dropFirst()
-        while let key = args.popFirst(), let value = args.popFirst() { options[String(key.dropFirst(2))] = value }
-        let counts = (options["agents"] ?? "100,1000").split(separator: ",").compactMap { Int($0) }
-        let bin = options["bin"] ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
-        for n in counts { try await run(agents: n, bin: bin) }
+    struct Options {
+        var counts = [1000]
+        var bin: String
+        var heartbeat = false
+        var restart = true
+        var duration = 60
+        var startRate = 1000
     }
 
-    static func run(agents n: Int, bin: String) async throws {
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("tether-fanout-\(getpid())-\(n)").path
-        defer { try? FileManager.default.removeItem(atPath: work) }
-        let hub = Process()
-        hub.executableURL = URL(fileURLWithPath: bin + "/tether-hub")
-        hub.arguments = ["serve", "--data-dir", work, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1", "--log-level", "warning"]
-        hub.standardError = FileHandle.nullDevice
-        try hub.run()
-        defer { hub.terminate() }
-        let credentialsPath = work + "/admin-credentials.json"
-        var credentials: AdminCredentials?
-        for _ in 0..<600 where credentials == nil {
-            credentials = (FileManager.default.contents(atPath: credentialsPath)).flatMap { try? JSONDecoder().decode(AdminCredentials.self, from: $0) }
-            if credentials == nil { try await Task.sleep(for: .milliseconds(50)) }
-        }
-        guard let credentials else { throw BenchError("hub did not start") }
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(credentials.caCertificate.utf8)))
-        let admin = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
-        defer { Task { try? await admin.shutdown() } }
-        func call(_ method: HTTPMethod, _ path: String, _ body: [String: Any]) async throws -> [String: Any] {
-            var request = HTTPClientRequest(url: credentials.server + path)
-            request.method = method
-            request.headers.add(name: "Authorization", value: "Bearer \(credentials.token)")
-            request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
-            let response = try await admin.execute(request, timeout: .seconds(120))
-            let data = Data(buffer: try await response.body.collect(upTo: 16 << 20))
-            guard (200..<300).contains(response.status.code) else { throw BenchError("\(path): \(String(decoding: data, as: UTF8.self))") }
-            return (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] ?? [:]
-        }
-
-        print("fan-out to \(n) agents: enrolling...")
-        var joins: [JoinString] = []
-        for i in 0..<n {
-            _ = try await call(.POST, "/v1/clusters", ["name": "edge-\(i)", "labels": ["env": "prod"]])
-            let created = try await call(.POST, "/v1/tokens", ["cluster": "edge-\(i)"])
-            joins.append(try JoinString(parsing: created["joinString"] as! String))
-        }
-        let arrivals = Locked<[Int: ContinuousClock.Instant]>([:])
-        let revisionWanted = Locked<UInt64>(UInt64.max)
-        let connected = Locked(0)
-        let agents = Task {
-            try await withThrowingDiscardingTaskGroup { group in
-                for (i, join) in joins.enumerated() {
-                    group.addTask {
-                        try await MiniAgent.run(join: join) { revision in
-                            if revision >= revisionWanted.value { arrivals.withLock { if $0[i] == nil { $0[i] = .now } } }
-                        } onWelcome: { connected.withLock { $0 += 1 } }
-                    }
-                }
+    static func main() async throws {
+        var options = Options(bin: URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path)
+        var args = CommandLine.arguments.dropFirst()
+        while let key = args.popFirst() {
+            switch key {
+            case "--agents": options.counts = (args.popFirst() ?? "").split(separator: ",").compactMap { Int($0) }
+            case "--bin": options.bin = args.popFirst() ?? options.bin
+            case "--heartbeat": options.heartbeat = true
+            case "--no-restart": options.restart = false
+            case "--duration": options.duration = Int(args.popFirst() ?? "") ?? options.duration
+            case "--start-rate": options.startRate = Int(args.popFirst() ?? "") ?? options.startRate
+            case "--help", "-h":
+                print("""
+                    usage: tether-bench-fanout [--agents N[,N...]] [--heartbeat [--duration S]] [--no-restart] [--start-rate PER_S] [--bin DIR]
+                      fan-out (default): bundle change -> every agent, then a hub restart and the reconnect storm
+                      --heartbeat: agents heartbeat every second while `cluster list` loops; SQLite commits/s from presence, admin latency
+                    """)
+                return
+            default:
+                throw BenchError("unknown option \(key); see --help")
             }
         }
-        while connected.value < n { try await Task.sleep(for: .milliseconds(50)) }
-        print("  \(n) agents connected; applying a bundle...")
-        revisionWanted.value = 1
+        guard !options.counts.isEmpty else { throw BenchError("--agents needs a count") }
+        for n in options.counts {
+            if options.heartbeat { try await heartbeat(agents: n, options: options) } else { try await fanout(agents: n, options: options) }
+        }
+    }
+
+    // MARK: Fan-out and reconnect storm
+
+    static func fanout(agents n: Int, options: Options) async throws {
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("tether-fanout-\(getpid())-\(n)").path
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        var hub = try await HubProcess.start(bin: options.bin, dataDir: work, listen: "127.0.0.1:0", heartbeat: nil)
+        print("fan-out to \(n) agents")
+        let joins = try await hub.register(n)
+        let fleet = Fleet(joins: joins)
+        let agents = Task { try await fleet.run(startRate: options.startRate) }
+        defer { agents.cancel() }
+        let enrolled = try await fleet.waitConnected(n, since: .now, timeout: .seconds(900), what: "enrolled and connected")
+        print(String(format: "  %d agents enrolled and connected in %.1f s (started at %d/s)", n, enrolled, options.startRate))
+
+        try await change(revision: 1, fleet: fleet, hub: hub, n: n)
+        if options.restart {
+            let joinPort = joins[0].hub.port
+            hub.stop()
+            let storm = ContinuousClock.now
+            hub = try await HubProcess.start(bin: options.bin, dataDir: work, listen: "127.0.0.1:\(joinPort)", heartbeat: nil)
+            let startup = (ContinuousClock.now - storm).seconds
+            let reconnected = try await fleet.waitConnected(n, since: storm, timeout: .seconds(600), what: "reconnected after the hub restart")
+            print(String(format: "  hub restart: all %d agents connected %.1f s after the restart (hub up in %.1f s); hub peak memory %d MiB",
+                         n, reconnected, startup, hub.peakMemoryKiB / 1024))
+            try await change(revision: 2, fleet: fleet, hub: hub, n: n)
+        }
+        print(String(format: "  benchmark process (the %d agents) peak memory %d MiB", n, peakMemoryKiB(getpid()) / 1024))
+        agents.cancel()
+        _ = await agents.result
+        hub.stop()
+    }
+
+    /// Applies a bundle that changes every cluster's desired state to `revision` and
+    /// prints how long it took to reach the agents.
+    static func change(revision: UInt64, fleet: Fleet, hub: HubProcess, n: Int) async throws {
+        fleet.expect(revision: revision)
         let yaml = """
             apiVersion: tether.dev/v1
             kind: PolicyBundle
@@ -92,73 +109,248 @@ struct FanoutBenchmark {
               resources:
                 - apiVersion: rbac.authorization.k8s.io/v1
                   kind: ClusterRole
-                  metadata: {name: view-pods}
+                  metadata: {name: view-pods-\(revision)}
                   rules: [{apiGroups: [""], resources: [pods], verbs: [get, list, watch]}]
             """
         let start = ContinuousClock.now
-        _ = try await call(.POST, "/v1/policies", ["files": [["name": "fanout.yaml", "yaml": yaml]]])
+        _ = try await hub.call(.POST, "/v1/policies", ["files": [["name": "fanout.yaml", "yaml": yaml]]])
         let applied = ContinuousClock.now
-        while arrivals.value.count < n {
+        let deadline = start + .seconds(300)
+        while fleet.arrivals.count < n {
             try await Task.sleep(for: .milliseconds(5))
-            if ContinuousClock.now - start > .seconds(300) { throw BenchError("only \(arrivals.value.count) of \(n) agents got the bundle") }
+            if ContinuousClock.now > deadline { throw BenchError("only \(fleet.arrivals.count) of \(n) agents got revision \(revision)") }
         }
-        let latencies = arrivals.value.values.map { ($0 - start).seconds * 1000 }.sorted()
-        func p(_ q: Double) -> Double { latencies[min(latencies.count - 1, Int(Double(latencies.count) * q))] }
-        print(String(format: "  bundle change -> N agents: p50 %.1f ms, p99 %.1f ms, max %.1f ms (apply call %.1f ms); hub peak memory %d MiB",
-                     p(0.5), p(0.99), latencies.last!, (applied - start).seconds * 1000, peakMemory(hub.processIdentifier) / 1024))
+        let latencies = fleet.arrivals.values.map { ($0 - start).seconds * 1000 }.sorted()
+        print(String(format: "  bundle change (revision %d) -> %d agents: p50 %.1f ms, p99 %.1f ms, max %.1f ms (apply call %.1f ms); hub memory now %d MiB, peak %d MiB",
+                     revision, n, percentile(latencies, 0.5), percentile(latencies, 0.99), latencies.last!, (applied - start).seconds * 1000,
+                     hub.memoryKiB / 1024, hub.peakMemoryKiB / 1024))
+    }
+
+    // MARK: Heartbeat load
+
+    static func heartbeat(agents n: Int, options: Options) async throws {
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("tether-heartbeat-\(getpid())-\(n)").path
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let hub = try await HubProcess.start(bin: options.bin, dataDir: work, listen: "127.0.0.1:0", heartbeat: "1s")
+        print("heartbeat load: \(n) agents heartbeating every 1 s for \(options.duration) s while `cluster list` loops")
+        let joins = try await hub.register(n)
+        let fleet = Fleet(joins: joins)
+        let agents = Task { try await fleet.run(startRate: options.startRate) }
+        defer { agents.cancel() }
+        _ = try await fleet.waitConnected(n, since: .now, timeout: .seconds(900), what: "connected")
+        // Let the enrollment burst settle before measuring.
+        try await Task.sleep(for: .seconds(3))
+        let commitsBefore = try await hub.metric("tether_presence_commits_total")
+        let start = ContinuousClock.now
+        var latencies: [Double] = []
+        var listed = 0
+        while ContinuousClock.now - start < .seconds(options.duration) {
+            let t = ContinuousClock.now
+            let clusters = try await hub.get("/v1/clusters")
+            latencies.append((ContinuousClock.now - t).seconds * 1000)
+            listed = clusters.count
+        }
+        let elapsed = (ContinuousClock.now - start).seconds
+        let commits = try await hub.metric("tether_presence_commits_total") - commitsBefore
+        latencies.sort()
+        print(String(format: "  presence: %.2f SQLite commits/s (%.0f commits in %.1f s for %d agents at 1 heartbeat/s)", commits / elapsed, commits, elapsed, n))
+        print(String(format: "  cluster list (%d clusters): %d calls, p50 %.1f ms, p99 %.1f ms, max %.1f ms", listed, latencies.count,
+                     percentile(latencies, 0.5), percentile(latencies, 0.99), latencies.last ?? 0))
+        print(String(format: "  hub memory now %d MiB, peak %d MiB; agents online at the end: %d of %d", hub.memoryKiB / 1024, hub.peakMemoryKiB / 1024,
+                     fleet.connectedCount, n))
         agents.cancel()
         _ = await agents.result
+        hub.stop()
     }
 
-    static func peakMemory(_ pid: Int32) -> Int {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") })
-        else { return 0 }
-        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    static func percentile(_ sorted: [Double], _ q: Double) -> Double {
+        guard !sorted.isEmpty else { return 0 }
+        return sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))]
     }
 }
 
-/// Just enough of an agent: enroll, open the channel, say Hello, and report each
-/// desired-state revision that arrives.
-enum MiniAgent {
-    static func run(join: JoinString, onDesired: @escaping @Sendable (UInt64) -> Void, onWelcome: @escaping @Sendable () -> Void) async throws {
-        let key = P256.Signing.PrivateKey()
-        let failure = VerificationFailure()
-        let enrollTransport = try HTTP2ClientTransport.Posix(
-            target: ResolvableTargets.hub(join.hub),
-            transportSecurity: TLSProfiles.enrollment(pin: join.caHash, host: join.hub.host, bootstrap: try PKI.makeBootstrapCertificate(key: key), key: key, failure: failure))
-        let response = try await withGRPCClient(transport: enrollTransport) { client in
-            try await Tether_V1_Enrollment.Client(wrapping: client).enroll(.with {
-                $0.protocolVersion = ProtocolVersion.current
-                $0.tokenID = join.tokenID
-                $0.tokenSecret = join.secret
-                $0.csrPem = try PKI.makeCSR(key: key, commonName: "bench")
-            })
+/// N real agents (`HubLink`) in this process, each with its identity in memory and
+/// an applier that records when each desired-state revision arrived.
+final class Fleet: Sendable {
+    let links: [HubLink]
+    let recorder = ArrivalRecorder()
+
+    init(joins: [JoinString]) {
+        // One metrics registry for all: the benchmark reads no agent metrics.
+        let metrics = AgentMetrics()
+        let logger = Logger(label: "bench-agent", factory: { _ in SwiftLogNoOpLogHandler() })
+        let recorder = self.recorder
+        links = joins.enumerated().map { i, join in
+            HubLink(store: MemoryIdentityStore(), joinString: join, logger: logger, metrics: metrics,
+                    applier: RecordingApplier(index: i, recorder: recorder))
         }
-        let identity = AgentIdentity(cluster: try ClusterName(response.clusterName), hub: join.hub, privateKeyPEM: key.pemRepresentation,
-                                     certificatePEM: response.certificatePem, caCertificatePEM: response.caCertificatePem)
-        let transport = try HTTP2ClientTransport.Posix(target: ResolvableTargets.hub(join.hub), transportSecurity: TLSProfiles.agent(identity: identity))
-        try await withGRPCClient(transport: transport) { client in
-            try await Tether_V1_AgentLink.Client(wrapping: client).connect(
-                requestProducer: { writer in
-                    try await writer.write(.with { $0.hello = .with { $0.protocolVersion = ProtocolVersion.current; $0.agentVersion = "bench" } })
-                    while true {
-                        try await Task.sleep(for: .seconds(5))
-                        try await writer.write(.with { $0.heartbeat = .with { $0.agentVersion = "bench" } })
-                    }
-                },
-                onResponse: { response in
-                    for try await message in response.messages {
-                        switch message.kind {
-                        case .welcome: onWelcome()
-                        case .desired(let desired): onDesired(desired.revision)
-                        default: continue
-                        }
-                    }
-                })
+    }
+
+    func expect(revision: UInt64) { recorder.expect(revision: revision) }
+    var arrivals: [Int: ContinuousClock.Instant] { recorder.arrivals }
+    var connectedCount: Int { links.reduce(0) { $0 + ($1.status.value.connected ? 1 : 0) } }
+
+    /// Runs every agent until cancelled, starting `startRate` a second.
+    func run(startRate: Int) async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            let gap = Duration.nanoseconds(1_000_000_000 / Int64(max(startRate, 1)))
+            for link in links {
+                group.addTask { try? await link.run() }
+                try await Task.sleep(for: gap)
+            }
+        }
+    }
+
+    /// Seconds from `since` until `n` agents are connected.
+    func waitConnected(_ n: Int, since: ContinuousClock.Instant, timeout: Duration, what: String) async throws -> Double {
+        var lastPrint = ContinuousClock.now
+        while true {
+            let connected = connectedCount
+            if connected >= n { return (ContinuousClock.now - since).seconds }
+            if ContinuousClock.now - since > timeout { throw BenchError("only \(connected) of \(n) agents \(what) after \(timeout)") }
+            if ContinuousClock.now - lastPrint > .seconds(5) {
+                print("    \(connected) of \(n) \(what) (\(Int((ContinuousClock.now - since).seconds)) s)")
+                lastPrint = .now
+            }
+            try await Task.sleep(for: .milliseconds(20))
         }
     }
 }
+
+/// When each agent first got the revision the benchmark waits for.
+final class ArrivalRecorder: Sendable {
+    private let state = Mutex((wanted: UInt64.max, arrived: [Int: ContinuousClock.Instant]()))
+
+    func expect(revision: UInt64) { state.withLock { $0 = (revision, [:]) } }
+
+    func saw(_ index: Int, revision: UInt64) {
+        let now = ContinuousClock.now
+        state.withLock { s in
+            if revision >= s.wanted, s.arrived[index] == nil { s.arrived[index] = now }
+        }
+    }
+
+    var arrivals: [Int: ContinuousClock.Instant] { state.withLock { $0.arrived } }
+}
+
+/// Records each revision it is asked to apply; applies nothing (no Kubernetes).
+struct RecordingApplier: DesiredStateApplier {
+    let index: Int
+    let recorder: ArrivalRecorder
+
+    func apply(revision: UInt64, objects: [DesiredObjectSpec]) async -> [AppliedResult] {
+        recorder.saw(index, revision: revision)
+        return objects.map { AppliedResult(bundle: $0.bundle, object: $0.key, state: .applied) }
+    }
+}
+
+/// A `tether-hub serve` child process and its admin API.
+struct HubProcess {
+    let process: Process
+    let credentials: AdminCredentials
+    let admin: HTTPClient
+
+    static func start(bin: String, dataDir: String, listen: String, heartbeat: String?) async throws -> HubProcess {
+        let credentialsPath = dataDir + "/admin-credentials.json"
+        try? FileManager.default.removeItem(atPath: credentialsPath)
+        let hub = Process()
+        hub.executableURL = URL(fileURLWithPath: bin + "/tether-hub")
+        hub.arguments = ["serve", "--data-dir", dataDir, "--listen", listen, "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1", "--log-level", "error"]
+            + (heartbeat.map { ["--heartbeat-interval", $0] } ?? [])
+        hub.standardError = FileHandle.nullDevice
+        hub.standardOutput = FileHandle.nullDevice
+        try hub.run()
+        var credentials: AdminCredentials?
+        let deadline = ContinuousClock.now + .seconds(60)
+        while credentials == nil {
+            credentials = FileManager.default.contents(atPath: credentialsPath).flatMap { try? JSONDecoder().decode(AdminCredentials.self, from: $0) }
+            if credentials != nil { break }
+            guard hub.isRunning, ContinuousClock.now < deadline else { throw BenchError("hub did not start (\(bin)/tether-hub)") }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(credentials!.caCertificate.utf8)))
+        return HubProcess(process: hub, credentials: credentials!, admin: HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls)))
+    }
+
+    func stop() {
+        process.terminate()
+        process.waitUntilExit()
+        try? admin.syncShutdown()
+    }
+
+    var memoryKiB: Int { readStatus(process.processIdentifier, "VmRSS:") }
+    var peakMemoryKiB: Int { readStatus(process.processIdentifier, "VmHWM:") }
+
+    func request(_ method: HTTPMethod, _ path: String, _ body: [String: Any]?) async throws -> Data {
+        var request = HTTPClientRequest(url: credentials.server + path)
+        request.method = method
+        request.headers.add(name: "Authorization", value: "Bearer \(credentials.token)")
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
+        }
+        let response = try await admin.execute(request, timeout: .seconds(120))
+        let data = Data(buffer: try await response.body.collect(upTo: 256 << 20))
+        guard (200..<300).contains(response.status.code) else { throw BenchError("\(method) \(path): \(String(decoding: data, as: UTF8.self))") }
+        return data
+    }
+
+    @discardableResult
+    func call(_ method: HTTPMethod, _ path: String, _ body: [String: Any]) async throws -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: try await request(method, path, body))) as? [String: Any] ?? [:]
+    }
+
+    func get(_ path: String) async throws -> [Any] {
+        (try JSONSerialization.jsonObject(with: try await request(.GET, path, nil))) as? [Any] ?? []
+    }
+
+    /// A counter's value from the admin listener's /metrics.
+    func metric(_ name: String) async throws -> Double {
+        let text = String(decoding: try await request(.GET, "/metrics", nil), as: UTF8.self)
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name + " ") }), let value = Double(line.split(separator: " ").last ?? "") else {
+            throw BenchError("no metric \(name) on the hub")
+        }
+        return value
+    }
+
+    /// Adds `n` clusters labelled env=prod and a join token for each, 8 calls at a time.
+    func register(_ n: Int) async throws -> [JoinString] {
+        let start = ContinuousClock.now
+        var joins = [JoinString?](repeating: nil, count: n)
+        try await withThrowingTaskGroup(of: (Int, JoinString).self) { group in
+            var next = 0
+            func add() {
+                let i = next
+                next += 1
+                group.addTask {
+                    try await call(.POST, "/v1/clusters", ["name": "edge-\(i)", "labels": ["env": "prod"]])
+                    let created = try await call(.POST, "/v1/tokens", ["cluster": "edge-\(i)"])
+                    return (i, try JoinString(parsing: created["joinString"] as? String ?? ""))
+                }
+            }
+            for _ in 0..<min(8, n) { add() }
+            var done = 0
+            while let (i, join) = try await group.next() {
+                joins[i] = join
+                done += 1
+                if done % 2000 == 0 { print("    \(done) of \(n) clusters registered") }
+                if next < n { add() }
+            }
+        }
+        print(String(format: "  %d clusters and join tokens registered in %.1f s", n, (ContinuousClock.now - start).seconds))
+        return joins.map { $0! }
+    }
+}
+
+func readStatus(_ pid: Int32, _ field: String) -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix(field) })
+    else { return 0 }
+    return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+}
+
+func peakMemoryKiB(_ pid: Int32) -> Int { readStatus(pid, "VmHWM:") }
 
 struct BenchError: Error, CustomStringConvertible {
     var description: String

@@ -8,7 +8,7 @@ import Shared
 /// it goes down), sharing its connection. `run` should not return while the
 /// channel is up: the hub link treats any return or error as a failure of `part`
 /// and restarts it or re-dials (see `ChannelSupervisor`).
-protocol ChannelParticipant: Sendable {
+package protocol ChannelParticipant: Sendable {
     var part: ChannelPart { get }
     func run(over client: GRPCClient<HTTP2ClientTransport.Posix>) async throws
 }

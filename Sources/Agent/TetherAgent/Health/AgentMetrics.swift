@@ -4,7 +4,7 @@ import Prometheus
 import Shared
 
 /// The agent's Prometheus metrics, served on its health listener's `/metrics`.
-final class AgentMetrics: Sendable {
+package final class AgentMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
     let connected: Gauge
     let reconnects: Counter
@@ -16,7 +16,7 @@ final class AgentMetrics: Sendable {
     let auditOldestUnacknowledgedAge: Gauge
     let auditSpoolDamagedFrames: Gauge
 
-    init() {
+    package init() {
         connected = registry.makeGauge(name: "tether_agent_hub_connected", help: "1 while the channel to the hub is up.")
         reconnects = registry.makeCounter(name: "tether_agent_reconnects_total", help: "Channel attempts after a failure or close.")
         renewals = registry.makeCounter(name: "tether_agent_certificate_renewals_total", help: "Certificates renewed on the channel.")

@@ -3,7 +3,7 @@ import Shared
 /// A part of the agent's channel to the hub: something that runs for as long as
 /// the channel is up. Its raw value is the `part` label of
 /// `tether_agent_channel_restarts_total`.
-enum ChannelPart: String, CaseIterable, Sendable {
+package enum ChannelPart: String, CaseIterable, Sendable {
     /// The audit forwarder's `StreamAudit` RPC.
     case audit
     /// Applying the desired states the hub sends, and reporting drift repairs.

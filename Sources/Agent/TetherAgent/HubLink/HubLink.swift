@@ -12,14 +12,14 @@ import X509
 /// there is no identity, then connect over mutual TLS, say Hello, send heartbeats,
 /// renew the certificate on the channel at two thirds of its life, and reconnect with
 /// capped, jittered backoff whenever the channel ends.
-final class HubLink: Service, Sendable {
+package final class HubLink: Service, Sendable {
     let store: any IdentityStore
     let joinString: JoinString?
     let logger: Logger
     let metrics: AgentMetrics
     let startedAt = ContinuousClock.now
     /// The hub's view of this agent, for readiness and tests.
-    let status = Locked(LinkStatus())
+    package let status = Locked(LinkStatus())
     /// What else runs over the channel while it is up (the audit forwarder).
     let participants: [any ChannelParticipant]
     /// Applies the desired states the hub sends.
@@ -27,17 +27,17 @@ final class HubLink: Service, Sendable {
     /// What renewal schedules by (virtual in tests).
     let clock: any AgentClock
 
-    struct LinkStatus: Sendable {
-        var connected = false
-        var cluster: ClusterName?
-        var lastError: TetherError?
-        var renewals = 0
-        var channelsOpened = 0
+    package struct LinkStatus: Sendable {
+        package var connected = false
+        package var cluster: ClusterName?
+        package var lastError: TetherError?
+        package var renewals = 0
+        package var channelsOpened = 0
         /// The desired-state revision last applied (told to the hub in Hello).
-        var observedRevision: UInt64 = 0
+        package var observedRevision: UInt64 = 0
     }
 
-    init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics,
+    package init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics,
          participants: [any ChannelParticipant] = [], applier: any DesiredStateApplier = NoKubernetesApplier(),
          clock: any AgentClock = SystemAgentClock()) {
         self.participants = participants
@@ -49,7 +49,7 @@ final class HubLink: Service, Sendable {
         self.metrics = metrics
     }
 
-    func run() async throws {
+    package func run() async throws {
         var backoff = Backoff()
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {

@@ -3,17 +3,19 @@ import Synchronization
 
 /// The clock the agent's channel schedules by: renewal, retries. Tests substitute
 /// `ManualAgentClock` and move time by hand, so renewal runs on virtual time.
-protocol AgentClock: Sendable {
+package protocol AgentClock: Sendable {
     func now() -> Date
     /// Returns at `deadline` (by this clock), or throws when cancelled.
     func sleep(until deadline: Date) async throws
 }
 
 /// The system's wall clock.
-struct SystemAgentClock: AgentClock {
-    func now() -> Date { Date() }
+package struct SystemAgentClock: AgentClock {
+    package init() {}
 
-    func sleep(until deadline: Date) async throws {
+    package func now() -> Date { Date() }
+
+    package func sleep(until deadline: Date) async throws {
         let wait = deadline.timeIntervalSinceNow
         if wait > 0 { try await Task.sleep(for: .milliseconds(Int64((wait * 1000).rounded(.up)))) }
     }

@@ -3,7 +3,7 @@ import Shared
 
 /// Where an agent keeps its identity between runs. Behind a protocol so that, in a
 /// cluster, it can live in a Kubernetes Secret and survive pod rescheduling.
-protocol IdentityStore: Sendable {
+package protocol IdentityStore: Sendable {
     /// The stored identity, nil if there is none yet. Throws when something is
     /// stored but unreadable: a damaged identity is never silently replaced.
     func load() async throws -> AgentIdentity?
@@ -48,3 +48,15 @@ struct FileIdentityStore: IdentityStore {
     }
 }
 
+
+/// Keeps the identity in memory only: for benchmarks that run thousands of real
+/// agents in one process. An agent using it enrolls again after a restart.
+package final class MemoryIdentityStore: IdentityStore {
+    private let identity = Locked<AgentIdentity?>(nil)
+
+    package init() {}
+
+    package func load() -> AgentIdentity? { identity.value }
+    package func save(_ identity: AgentIdentity) { self.identity.value = identity }
+    package var location: String { "memory" }
+}

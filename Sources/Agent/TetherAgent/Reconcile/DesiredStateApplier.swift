@@ -2,10 +2,10 @@ import Foundation
 import Shared
 
 /// One object of a desired state, as the agent receives it.
-struct DesiredObjectSpec: Sendable, Equatable {
-    var bundle: String
+package struct DesiredObjectSpec: Sendable, Equatable {
+    package var bundle: String
     /// The object, JSON, including Tether's ownership label and annotation.
-    var json: Data
+    package var json: Data
 
     var summary: (kind: String, namespace: String?, name: String) {
         let object = (try? JSONSerialization.jsonObject(with: json)) as? [String: Any] ?? [:]
@@ -14,39 +14,48 @@ struct DesiredObjectSpec: Sendable, Equatable {
     }
 
     /// `Kind/name` or `Kind/namespace/name`, as the hub keys objects.
-    var key: String {
+    package var key: String {
         let s = summary
         return ObjectKey(kind: s.kind, namespace: s.namespace, name: s.name).description
     }
 }
 
 /// What became of one object.
-struct AppliedResult: Sendable, Equatable {
-    typealias State = ObjectState
-    var bundle: String
-    var object: String
-    var state: State
-    var message: String?
+package struct AppliedResult: Sendable, Equatable {
+    package typealias State = ObjectState
+    package var bundle: String
+    package var object: String
+    package var state: State
+    package var message: String?
+
+    package init(bundle: String, object: String, state: State, message: String? = nil) {
+        self.bundle = bundle
+        self.object = object
+        self.state = state
+        self.message = message
+    }
 }
 
 /// Makes the cluster match a desired state and says, object by object, what it did.
-protocol DesiredStateApplier: Sendable {
+package protocol DesiredStateApplier: Sendable {
     func apply(revision: UInt64, objects: [DesiredObjectSpec]) async -> [AppliedResult]
     /// Repairs made between revisions (drift), to report to the hub.
     var driftReports: DriftReports? { get }
 }
 
 extension DesiredStateApplier {
-    var driftReports: DriftReports? { nil }
+    package var driftReports: DriftReports? { nil }
 }
 
 /// For an agent with no Kubernetes API configured (neither in-cluster nor
 /// `--kubeconfig`): it keeps its channel and audit running and reports every object
 /// as failed, with the reason, instead of exiting.
-struct NoKubernetesApplier: DesiredStateApplier {
+package struct NoKubernetesApplier: DesiredStateApplier {
+    package init() {}
+
     static let reason = "no Kubernetes API configured"
 
-    func apply(revision: UInt64, objects: [DesiredObjectSpec]) async -> [AppliedResult] {
+    package func apply(revision: UInt64, objects: [DesiredObjectSpec]) async -> [AppliedResult] {
         objects.map { AppliedResult(bundle: $0.bundle, object: $0.key, state: .failed, message: Self.reason) }
     }
 }

@@ -17,7 +17,7 @@ final class ReconcileState: Sendable {
 /// closes, and cancelling a stream's consumer finishes the stream for good, so
 /// after the first reconnect no report was ever sent again (and the supervisor
 /// read the ended reader as a failing part and re-dialled forever).
-final class DriftReports: Sendable {
+package final class DriftReports: Sendable {
     /// The newest reports kept while nobody takes them.
     static let limit = 1000
     private let pending = Locked<[AppliedResult]>([])
