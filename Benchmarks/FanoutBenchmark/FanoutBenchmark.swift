@@ -37,6 +37,8 @@ struct FanoutBenchmark {
     }
 
     static func main() async throws {
+        // Progress lines appear as they happen, also through a pipe.
+        setvbuf(stdout, nil, _IOLBF, 0)
         var options = Options(bin: URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path)
         var args = CommandLine.arguments.dropFirst()
         while let key = args.popFirst() {
@@ -174,6 +176,8 @@ struct FanoutBenchmark {
 final class Fleet: Sendable {
     let links: [HubLink]
     let recorder = ArrivalRecorder()
+    /// Agents whose link stopped for good (a refusal retrying cannot fix), by error.
+    let stopped = Mutex<[String: Int]>([:])
 
     init(joins: [JoinString]) {
         // One metrics registry for all: the benchmark reads no agent metrics.
@@ -195,7 +199,14 @@ final class Fleet: Sendable {
         try await withThrowingDiscardingTaskGroup { group in
             let gap = Duration.nanoseconds(1_000_000_000 / Int64(max(startRate, 1)))
             for link in links {
-                group.addTask { try? await link.run() }
+                group.addTask { [stopped] in
+                    do {
+                        try await link.run()
+                    } catch {
+                        guard !(error is CancellationError) else { return }
+                        stopped.withLock { $0["\(error)", default: 0] += 1 }
+                    }
+                }
                 try await Task.sleep(for: gap)
             }
         }
@@ -209,7 +220,9 @@ final class Fleet: Sendable {
             if connected >= n { return (ContinuousClock.now - since).seconds }
             if ContinuousClock.now - since > timeout { throw BenchError("only \(connected) of \(n) agents \(what) after \(timeout)") }
             if ContinuousClock.now - lastPrint > .seconds(5) {
-                print("    \(connected) of \(n) \(what) (\(Int((ContinuousClock.now - since).seconds)) s)")
+                let gone = stopped.withLock { $0 }
+                print("    \(connected) of \(n) \(what) (\(Int((ContinuousClock.now - since).seconds)) s)"
+                      + (gone.isEmpty ? "" : "; stopped for good: \(gone)"))
                 lastPrint = .now
             }
             try await Task.sleep(for: .milliseconds(20))

@@ -157,6 +157,27 @@ import Testing
             try await expectNoAgent(hub, "prod-eu")
         }
     }
+
+    /// The answer to an enrollment can be lost (a connection cut after the hub
+    /// committed). The agent asks again with the same key: it gets the same
+    /// certificate, and nothing new is minted. A different key, or the same key after
+    /// the cluster was removed, is refused as before.
+    @Test func anEnrollmentAskedAgainWithTheSameKeyGetsTheSameCertificate() async throws {
+        try await withHub { hub in
+            let join = try await hub.join("prod-eu")
+            let key = P256Key()
+            let first = try await enroller.enroll(with: join, key: key)
+            let again = try await enroller.enroll(with: join, key: key)
+            #expect(again.certificatePEM == first.certificatePEM)
+            #expect(try await hub.core.database.certificates(of: ClusterName("prod-eu")).count == 1, "one certificate for one enrollment")
+            #expect(hub.core.metrics.exposition().contains("tether_enrollments_total 1\n"))
+            let other = await #expect(throws: TetherError.self) { try await enroller.enroll(with: join) }
+            #expect(other?.code == .tokenUsed)
+            _ = try await hub.core.removeCluster(ClusterName("prod-eu"))
+            let removed = await #expect(throws: TetherError.self) { try await enroller.enroll(with: join, key: key) }
+            #expect(removed?.code == .tokenUsed)
+        }
+    }
 }
 
 import Crypto

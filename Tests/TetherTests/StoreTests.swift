@@ -80,7 +80,7 @@ import Testing
         _ = try await db.createToken(id: "tok12345", cluster: ClusterName("c"), secretHash: AdminCredentials.hash(secret), expiresAt: Date().addingTimeInterval(60), now: Date())
         struct SigningFailed: Error {}
         await #expect(throws: SigningFailed.self) {
-            try await db.enroll(tokenID: "tok12345", secret: secret, now: Date()) { _ in throw SigningFailed() }
+            try await db.enroll(tokenID: "tok12345", secret: secret, keyHash: Data(count: 32), now: Date()) { _ in throw SigningFailed() }
         }
         await #expect(try db.tokens().first?.usedAt == nil, "token not consumed")
         await #expect(try db.certificates(of: ClusterName("c")).isEmpty)

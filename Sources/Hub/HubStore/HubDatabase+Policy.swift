@@ -89,7 +89,7 @@ extension HubDatabase {
             }
             for (key, value) in changes { record.labels[key] = value }
             try record.update(db)
-            return (record, try recompile(db, now: now))
+            return (record, try recompile(db, now: now, only: name.rawValue))
         }
     }
 
@@ -112,7 +112,9 @@ extension HubDatabase {
     /// Compiles every active cluster's desired state from the stored bundles
     /// (`PolicyCompiler`) and stores what changed. Three reads and one write per
     /// changed cluster, whatever the number of clusters: no per-cluster decode.
-    package func recompile(_ db: Database, now: Date) throws -> [DesiredState] {
+    /// `only`: the one cluster whose labels changed or that was just added (the
+    /// others' states cannot change, so they are neither read nor compiled).
+    package func recompile(_ db: Database, now: Date, only cluster: String? = nil) throws -> [DesiredState] {
         let bundles = try Row.fetchAll(db, sql: "SELECT name, selector, document FROM policyBundles ORDER BY name").map { row -> PolicyCompiler.Bundle in
             let selector = try JSONDecoder().decode(LabelSelector.self, from: row["selector"] as Data)
             let document = try JSONSerialization.jsonObject(with: row["document"] as Data) as! [String: Any]
@@ -120,10 +122,14 @@ extension HubDatabase {
             return PolicyCompiler.Bundle(name: row["name"], selector: selector, resources: resources)
         }
         var current: [String: (revision: UInt64, hash: String)] = [:]
-        for row in try Row.fetchAll(db, sql: "SELECT cluster, revision, hash FROM desiredStates") {
+        let states = cluster == nil ? try Row.fetchAll(db, sql: "SELECT cluster, revision, hash FROM desiredStates")
+            : try Row.fetchAll(db, sql: "SELECT cluster, revision, hash FROM desiredStates WHERE cluster = ?", arguments: [cluster])
+        for row in states {
             current[row["cluster"]] = (UInt64(row["revision"] as Int64), row["hash"])
         }
-        let clusters = try ClusterRecord.filter(Column("revokedAt") == nil).order(Column("name")).fetchAll(db).map {
+        var active = ClusterRecord.filter(Column("revokedAt") == nil)
+        if let cluster { active = active.filter(Column("name") == cluster) }
+        let clusters = try active.order(Column("name")).fetchAll(db).map {
             PolicyCompiler.Cluster(name: $0.name, labels: $0.labels, current: current[$0.name])
         }
         let changed = try PolicyCompiler.compile(bundles: bundles, clusters: clusters)

@@ -94,6 +94,15 @@ package final class HubDatabase: Sendable {
         registerAuditMigrations(&m)
         registerPolicyMigrations(&m)
         registerLastDriftMigration(&m)
+        m.registerMigration("v5-enrollment-retry") { db in
+            // What an enrollment issued, so the same agent (same key) asking again
+            // after a lost answer gets the same certificate instead of "already used".
+            try db.alter(table: "joinTokens") { t in
+                t.add(column: "enrolledKeyHash", .blob)
+                t.add(column: "enrolledSerial", .text)
+                t.add(column: "enrolledCertificate", .text)
+            }
+        }
         return m
     }
 
@@ -109,7 +118,7 @@ package final class HubDatabase: Sendable {
             try record.insert(db)
             // Bundles that select the new cluster apply at once (or the add is refused
             // if two of them would put the same object on it).
-            _ = try recompile(db, now: now)
+            _ = try recompile(db, now: now, only: name.rawValue)
             return record
         }
     }
@@ -190,15 +199,27 @@ package final class HubDatabase: Sendable {
     /// Enrollment in one transaction: checks the token, lets `issue` sign the
     /// certificate for the token's cluster, then consumes the token and records the
     /// certificate and the enrollment. Any refusal or failure writes nothing.
+    ///
+    /// `keyHash` names the agent's key (SHA-256 of its public key). An agent whose
+    /// answer was lost on the way asks again with the same token and key: it gets the
+    /// certificate already issued (while that is still active), not "already used",
+    /// and nothing new is minted. Another key with a used token is refused.
     package func enroll(
-        tokenID: String, secret: String, now: Date, issue: @escaping @Sendable (ClusterName) throws -> IssuedCertificate
-    ) async throws -> (ClusterName, IssuedCertificate) {
+        tokenID: String, secret: String, keyHash: Data, now: Date, issue: @escaping @Sendable (ClusterName) throws -> IssuedCertificate
+    ) async throws -> (ClusterName, IssuedCertificate, retried: Bool) {
         try await writer.write { db in
             let unknown = TetherError(.tokenUnknown, "join token is unknown or its secret is wrong; create a new one with `tether-hub token create`")
             guard var token = try JoinTokenRecord.fetchOne(db, key: tokenID) else { throw unknown }
             let presented = Data(SHA256.hash(data: Data(secret.utf8)))
             guard constantTimeEqual(presented, token.secretHash) else { throw unknown }
+            let name = try ClusterName(token.cluster)
             if token.usedAt != nil {
+                if let enrolledKey = token.enrolledKeyHash, constantTimeEqual(enrolledKey, keyHash),
+                   let serial = token.enrolledSerial, let pem = token.enrolledCertificate,
+                   let certificate = try CertificateRecord.fetchOne(db, key: serial), certificate.revokedAt == nil, certificate.notAfter > now,
+                   let cluster = try ClusterRecord.fetchOne(db, key: name.rawValue), cluster.revokedAt == nil {
+                    return (name, IssuedCertificate(serial: serial, notAfter: certificate.notAfter, pem: pem), true)
+                }
                 throw TetherError(.tokenUsed, "join token \(tokenID) was already used (tokens are single use); create a new one with `tether-hub token create --cluster \(token.cluster)`")
             }
             if token.revokedAt != nil {
@@ -207,12 +228,14 @@ package final class HubDatabase: Sendable {
             if token.expiresAt <= now {
                 throw TetherError(.tokenExpired, "join token \(tokenID) expired at \(iso8601(token.expiresAt)); create a new one with `tether-hub token create --cluster \(token.cluster)`")
             }
-            let name = try ClusterName(token.cluster)
             guard var cluster = try ClusterRecord.fetchOne(db, key: name.rawValue), cluster.revokedAt == nil else {
                 throw TetherError(.clusterRevoked, "cluster '\(name)' was removed; it cannot enroll")
             }
             let issued = try issue(name)
             token.usedAt = now
+            token.enrolledKeyHash = keyHash
+            token.enrolledSerial = issued.serial
+            token.enrolledCertificate = issued.pem
             try token.update(db)
             // A new enrollment replaces the cluster's identity: older certificates stop working.
             try db.execute(sql: "UPDATE certificates SET revokedAt = ? WHERE cluster = ? AND revokedAt IS NULL", arguments: [now, name.rawValue])
@@ -221,7 +244,7 @@ package final class HubDatabase: Sendable {
             cluster.certificateSerial = issued.serial
             cluster.certificateExpiry = issued.notAfter
             try cluster.update(db)
-            return (name, issued)
+            return (name, issued, false)
         }
     }
 

@@ -38,6 +38,11 @@ package struct JoinTokenRecord: Codable, Sendable, Equatable, FetchableRecord, P
     package var expiresAt: Date
     package var usedAt: Date?
     package var revokedAt: Date?
+    /// The enrolled agent's key (SHA-256 of its public key) and what it was issued,
+    /// for an enrollment asked again after a lost answer.
+    package var enrolledKeyHash: Data?
+    package var enrolledSerial: String?
+    package var enrolledCertificate: String?
 
     package init(id: String, cluster: String, secretHash: Data, createdAt: Date, expiresAt: Date, usedAt: Date? = nil, revokedAt: Date? = nil) {
         self.id = id

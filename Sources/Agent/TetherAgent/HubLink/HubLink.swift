@@ -26,6 +26,8 @@ package final class HubLink: Service, Sendable {
     let applier: any DesiredStateApplier
     /// What renewal schedules by (virtual in tests).
     let clock: any AgentClock
+    /// The key this process enrolls with, the same on every attempt (see `Enroller`).
+    let enrollmentKey = P256.Signing.PrivateKey()
 
     package struct LinkStatus: Sendable {
         package var connected = false
@@ -113,7 +115,7 @@ package final class HubLink: Service, Sendable {
 
     private func enroll(_ join: JoinString) async throws -> AgentIdentity {
         let identity = try await cancelWhenGracefulShutdown {
-            try await Enroller(logger: self.logger).enroll(with: join)
+            try await Enroller(logger: self.logger).enroll(with: join, key: self.enrollmentKey)
         }
         try await store.save(identity)
         logger.info("identity stored", metadata: ["identity": "\(store.location)"])

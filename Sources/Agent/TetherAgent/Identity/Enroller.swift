@@ -12,8 +12,10 @@ import X509
 struct Enroller {
     let logger: Logger
 
-    func enroll(with join: JoinString) async throws -> AgentIdentity {
-        let key = P256.Signing.PrivateKey()
+    /// `key`: the agent's new key. Keep it across retries: a hub whose answer was
+    /// lost recognises the key and sends the same certificate again, where a new
+    /// key would meet "token already used".
+    func enroll(with join: JoinString, key: P256.Signing.PrivateKey = P256.Signing.PrivateKey()) async throws -> AgentIdentity {
         let bootstrap = try PKI.makeBootstrapCertificate(key: key)
         let failure = VerificationFailure()
         let transport = try HTTP2ClientTransport.Posix(

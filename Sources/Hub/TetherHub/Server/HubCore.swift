@@ -132,8 +132,16 @@ final class HubCore: Sendable {
         let now = clock.now()
         do {
             let (ca, lifetime) = (ca, settings.certificateLifetime)
-            let (cluster, issued) = try await database.enroll(tokenID: tokenID, secret: secret, now: now) { name in
+            let keyHash = Data(SHA256.hash(data: Array(csr.publicKey.subjectPublicKeyInfoBytes)))
+            let (cluster, issued, retried) = try await database.enroll(tokenID: tokenID, secret: secret, keyHash: keyHash, now: now) { name in
                 try ca.issueAgentCertificate(for: csr.publicKey, cluster: name, lifetime: lifetime, now: now)
+            }
+            if retried {
+                await audit(HubAction(verb: "create", resource: "enrollments", name: cluster.rawValue, user: "jointoken:\(tokenID)", code: 200,
+                                sourceIP: address, message: "asked again by the enrolled key; certificate \(issued.serial) sent again"))
+                logger.notice("agent asked again to enroll with its key; sent its certificate again",
+                              metadata: ["cluster": "\(cluster)", "token": "\(tokenID)", "serial": "\(issued.serial)"])
+                return (cluster, issued)
             }
             metrics.enrollments.increment()
             await audit(HubAction(verb: "create", resource: "enrollments", name: cluster.rawValue, user: "jointoken:\(tokenID)", code: 201,
