@@ -37,8 +37,6 @@ struct FanoutBenchmark {
     }
 
     static func main() async throws {
-        // Progress lines appear as they happen, also through a pipe.
-        setvbuf(stdout, nil, _IOLBF, 0)
         var options = Options(bin: URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path)
         var args = CommandLine.arguments.dropFirst()
         while let key = args.popFirst() {
@@ -50,7 +48,7 @@ struct FanoutBenchmark {
             case "--duration": options.duration = Int(args.popFirst() ?? "") ?? options.duration
             case "--start-rate": options.startRate = Int(args.popFirst() ?? "") ?? options.startRate
             case "--help", "-h":
-                print("""
+                say("""
                     usage: tether-bench-fanout [--agents N[,N...]] [--heartbeat [--duration S]] [--no-restart] [--start-rate PER_S] [--bin DIR]
                       fan-out (default): bundle change -> every agent, then a hub restart and the reconnect storm
                       --heartbeat: agents heartbeat every second while `cluster list` loops; SQLite commits/s from presence, admin latency
@@ -72,13 +70,13 @@ struct FanoutBenchmark {
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("tether-fanout-\(getpid())-\(n)").path
         defer { try? FileManager.default.removeItem(atPath: work) }
         var hub = try await HubProcess.start(bin: options.bin, dataDir: work, listen: "127.0.0.1:0", heartbeat: nil)
-        print("fan-out to \(n) agents")
+        say("fan-out to \(n) agents")
         let joins = try await hub.register(n)
         let fleet = Fleet(joins: joins)
         let agents = Task { try await fleet.run(startRate: options.startRate) }
         defer { agents.cancel() }
         let enrolled = try await fleet.waitConnected(n, since: .now, timeout: .seconds(900), what: "enrolled and connected")
-        print(String(format: "  %d agents enrolled and connected in %.1f s (started at %d/s)", n, enrolled, options.startRate))
+        say(String(format: "  %d agents enrolled and connected in %.1f s (started at %d/s)", n, enrolled, options.startRate))
 
         try await change(revision: 1, fleet: fleet, hub: hub, n: n)
         if options.restart {
@@ -88,11 +86,11 @@ struct FanoutBenchmark {
             hub = try await HubProcess.start(bin: options.bin, dataDir: work, listen: "127.0.0.1:\(joinPort)", heartbeat: nil)
             let startup = (ContinuousClock.now - storm).seconds
             let reconnected = try await fleet.waitConnected(n, since: storm, timeout: .seconds(600), what: "reconnected after the hub restart")
-            print(String(format: "  hub restart: all %d agents connected %.1f s after the restart (hub up in %.1f s); hub peak memory %d MiB",
+            say(String(format: "  hub restart: all %d agents connected %.1f s after the restart (hub up in %.1f s); hub peak memory %d MiB",
                          n, reconnected, startup, hub.peakMemoryKiB / 1024))
             try await change(revision: 2, fleet: fleet, hub: hub, n: n)
         }
-        print(String(format: "  benchmark process (the %d agents) peak memory %d MiB", n, peakMemoryKiB(getpid()) / 1024))
+        say(String(format: "  benchmark process (the %d agents) peak memory %d MiB", n, peakMemoryKiB(getpid()) / 1024))
         agents.cancel()
         _ = await agents.result
         hub.stop()
@@ -123,7 +121,7 @@ struct FanoutBenchmark {
             if ContinuousClock.now > deadline { throw BenchError("only \(fleet.arrivals.count) of \(n) agents got revision \(revision)") }
         }
         let latencies = fleet.arrivals.values.map { ($0 - start).seconds * 1000 }.sorted()
-        print(String(format: "  bundle change (revision %d) -> %d agents: p50 %.1f ms, p99 %.1f ms, max %.1f ms (apply call %.1f ms); hub memory now %d MiB, peak %d MiB",
+        say(String(format: "  bundle change (revision %d) -> %d agents: p50 %.1f ms, p99 %.1f ms, max %.1f ms (apply call %.1f ms); hub memory now %d MiB, peak %d MiB",
                      revision, n, percentile(latencies, 0.5), percentile(latencies, 0.99), latencies.last!, (applied - start).seconds * 1000,
                      hub.memoryKiB / 1024, hub.peakMemoryKiB / 1024))
     }
@@ -134,7 +132,7 @@ struct FanoutBenchmark {
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("tether-heartbeat-\(getpid())-\(n)").path
         defer { try? FileManager.default.removeItem(atPath: work) }
         let hub = try await HubProcess.start(bin: options.bin, dataDir: work, listen: "127.0.0.1:0", heartbeat: "1s")
-        print("heartbeat load: \(n) agents heartbeating every 1 s for \(options.duration) s while `cluster list` loops")
+        say("heartbeat load: \(n) agents heartbeating every 1 s for \(options.duration) s while `cluster list` loops")
         let joins = try await hub.register(n)
         let fleet = Fleet(joins: joins)
         let agents = Task { try await fleet.run(startRate: options.startRate) }
@@ -155,10 +153,10 @@ struct FanoutBenchmark {
         let elapsed = (ContinuousClock.now - start).seconds
         let commits = try await hub.metric("tether_presence_commits_total") - commitsBefore
         latencies.sort()
-        print(String(format: "  presence: %.2f SQLite commits/s (%.0f commits in %.1f s for %d agents at 1 heartbeat/s)", commits / elapsed, commits, elapsed, n))
-        print(String(format: "  cluster list (%d clusters): %d calls, p50 %.1f ms, p99 %.1f ms, max %.1f ms", listed, latencies.count,
+        say(String(format: "  presence: %.2f SQLite commits/s (%.0f commits in %.1f s for %d agents at 1 heartbeat/s)", commits / elapsed, commits, elapsed, n))
+        say(String(format: "  cluster list (%d clusters): %d calls, p50 %.1f ms, p99 %.1f ms, max %.1f ms", listed, latencies.count,
                      percentile(latencies, 0.5), percentile(latencies, 0.99), latencies.last ?? 0))
-        print(String(format: "  hub memory now %d MiB, peak %d MiB; agents online at the end: %d of %d", hub.memoryKiB / 1024, hub.peakMemoryKiB / 1024,
+        say(String(format: "  hub memory now %d MiB, peak %d MiB; agents online at the end: %d of %d", hub.memoryKiB / 1024, hub.peakMemoryKiB / 1024,
                      fleet.connectedCount, n))
         agents.cancel()
         _ = await agents.result
@@ -199,12 +197,12 @@ final class Fleet: Sendable {
         try await withThrowingDiscardingTaskGroup { group in
             let gap = Duration.nanoseconds(1_000_000_000 / Int64(max(startRate, 1)))
             for link in links {
-                group.addTask { [stopped] in
+                group.addTask {
                     do {
                         try await link.run()
                     } catch {
                         guard !(error is CancellationError) else { return }
-                        stopped.withLock { $0["\(error)", default: 0] += 1 }
+                        self.stopped.withLock { $0["\(error)", default: 0] += 1 }
                     }
                 }
                 try await Task.sleep(for: gap)
@@ -221,7 +219,7 @@ final class Fleet: Sendable {
             if ContinuousClock.now - since > timeout { throw BenchError("only \(connected) of \(n) agents \(what) after \(timeout)") }
             if ContinuousClock.now - lastPrint > .seconds(5) {
                 let gone = stopped.withLock { $0 }
-                print("    \(connected) of \(n) \(what) (\(Int((ContinuousClock.now - since).seconds)) s)"
+                say("    \(connected) of \(n) \(what) (\(Int((ContinuousClock.now - since).seconds)) s)"
                       + (gone.isEmpty ? "" : "; stopped for good: \(gone)"))
                 lastPrint = .now
             }
@@ -347,11 +345,11 @@ struct HubProcess {
             while let (i, join) = try await group.next() {
                 joins[i] = join
                 done += 1
-                if done % 2000 == 0 { print("    \(done) of \(n) clusters registered") }
+                if done % 2000 == 0 { say("    \(done) of \(n) clusters registered") }
                 if next < n { add() }
             }
         }
-        print(String(format: "  %d clusters and join tokens registered in %.1f s", n, (ContinuousClock.now - start).seconds))
+        say(String(format: "  %d clusters and join tokens registered in %.1f s", n, (ContinuousClock.now - start).seconds))
         return joins.map { $0! }
     }
 }
@@ -368,4 +366,10 @@ func peakMemoryKiB(_ pid: Int32) -> Int { readStatus(pid, "VmHWM:") }
 struct BenchError: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }
+}
+
+/// One line to standard output, unbuffered: progress appears as it happens, also
+/// through a pipe.
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Shared
 import TestSupport
 import Testing
@@ -104,5 +105,28 @@ import Testing
         // Graceful shutdown wrote it.
         let database = try HubDatabase(path: dir.sub("hub") + "/hub.db")
         #expect(try await database.cluster(name)?.agentVersion == "9.9.9")
+    }
+
+    @Test func writesThatArriveTogetherShareATransactionAndABadOneFailsAlone() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let pool = try DatabasePool(path: dir.sub("g.db"))
+        try await pool.write { try $0.execute(sql: "CREATE TABLE t (n INTEGER PRIMARY KEY CHECK (n >= 0))") }
+        let commits = Locked<[Int]>([])
+        let group = GroupCommit<Int>(writer: pool, onCommit: { n in commits.withLock { $0.append(n) } }) { db, items in
+            for n in items { try db.execute(sql: "INSERT INTO t (n) VALUES (?)", arguments: [n]) }
+        }
+        let failures = Locked<[Int]>([])
+        await withTaskGroup(of: Void.self) { tasks in
+            for n in -1..<500 {
+                tasks.addTask {
+                    do { try await group.submit(n) } catch { failures.withLock { $0.append(n) } }
+                }
+            }
+        }
+        #expect(failures.value == [-1], "only the item the CHECK refuses fails")
+        #expect(try await pool.read { try Int.fetchOne($0, sql: "SELECT COUNT(*) FROM t") } == 500, "every other item is stored")
+        #expect(commits.value.reduce(0, +) == 500)
+        #expect(commits.value.count < 500, "items that waited together shared a commit (\(commits.value.count) commits)")
     }
 }

@@ -73,13 +73,17 @@ extension HubDatabase {
         try await writer.write { db in try Self.ingest(db, cluster: cluster, firstSequence: firstSequence, events: events, now: now) }
     }
 
-    /// Appends one event to the log of cluster `cluster` at its next sequence, in one
-    /// transaction (the hub's own actions: concurrent callers each get their own).
-    package func appendAudit(cluster: String, event: IndexedAuditEvent, now: Date) async throws {
-        try await writer.write { db in
-            let acked = UInt64(try Int64.fetchOne(db, sql: "SELECT acknowledged FROM auditCursors WHERE cluster = ?", arguments: [cluster]) ?? 0)
-            _ = try Self.ingest(db, cluster: cluster, firstSequence: acked + 1, events: [event], now: now)
-        }
+    /// Appends one of the hub's own events to its log (cluster `hub`) at the next
+    /// sequence; returns once it is stored. Events that arrive together are one
+    /// batch of the chain, in one transaction.
+    package func appendHubAudit(_ event: IndexedAuditEvent, now: Date) async throws {
+        try await hubEvents.submit(HubEvent(event: event, at: now))
+    }
+
+    static func appendHub(_ events: [HubEvent], _ db: Database) throws {
+        guard let last = events.map(\.at).max() else { return }
+        let acked = UInt64(try Int64.fetchOne(db, sql: "SELECT acknowledged FROM auditCursors WHERE cluster = 'hub'") ?? 0)
+        _ = try ingest(db, cluster: "hub", firstSequence: acked + 1, events: events.map(\.event), now: last)
     }
 
     private static func ingest(_ db: Database, cluster: String, firstSequence: UInt64, events: [IndexedAuditEvent], now: Date) throws -> UInt64 {
@@ -233,6 +237,12 @@ extension HubDatabase {
             return deleted
         }
     }
+}
+
+/// One of the hub's own events, queued for a group commit.
+struct HubEvent: Sendable {
+    var event: IndexedAuditEvent
+    var at: Date
 }
 
 /// What `audit verify` found.

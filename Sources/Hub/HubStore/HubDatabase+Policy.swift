@@ -127,10 +127,23 @@ extension HubDatabase {
         for row in states {
             current[row["cluster"]] = (UInt64(row["revision"] as Int64), row["hash"])
         }
-        var active = ClusterRecord.filter(Column("revokedAt") == nil)
-        if let cluster { active = active.filter(Column("name") == cluster) }
-        let clusters = try active.order(Column("name")).fetchAll(db).map {
-            PolicyCompiler.Cluster(name: $0.name, labels: $0.labels, current: current[$0.name])
+        // Raw rows, each distinct label set decoded once: a fleet has many clusters
+        // and few label sets, and decoding a record per cluster was most of an apply.
+        let rows = cluster == nil
+            ? try Row.fetchAll(db, sql: "SELECT name, labels FROM clusters WHERE revokedAt IS NULL ORDER BY name")
+            : try Row.fetchAll(db, sql: "SELECT name, labels FROM clusters WHERE revokedAt IS NULL AND name = ?", arguments: [cluster])
+        var labelSets: [String: [String: String]] = [:]
+        let clusters = try rows.map { row -> PolicyCompiler.Cluster in
+            let name: String = row["name"]
+            let text: String = row["labels"]
+            let labels: [String: String]
+            if let known = labelSets[text] {
+                labels = known
+            } else {
+                labels = try JSONDecoder().decode([String: String].self, from: Data(text.utf8))
+                labelSets[text] = labels
+            }
+            return PolicyCompiler.Cluster(name: name, labels: labels, current: current[name])
         }
         let changed = try PolicyCompiler.compile(bundles: bundles, clusters: clusters)
         let statement = try db.cachedStatement(sql: """
@@ -146,40 +159,44 @@ extension HubDatabase {
         return changed
     }
 
-    /// What an agent reported for a revision.
+    /// What an agent reported for a revision; returns once it is stored. Reports
+    /// that arrive together (a fleet answering a bundle change) share a transaction.
     package func recordPolicyReport(cluster: String, revision: UInt64, results: [ObjectResult], now: Date) async throws {
         // The revision comes from the agent; SQLite integers are signed 64-bit, and
         // Int64(_:) traps on a larger value.
         guard let storedRevision = Int64(exactly: revision) else {
             throw TetherError(.invalidArgument, "policy report for revision \(revision), which the hub never issued")
         }
-        try await writer.write { db in
-            try db.execute(sql: """
-                INSERT INTO observedStates (cluster, revision, updatedAt) VALUES (?, ?, ?)
-                ON CONFLICT(cluster) DO UPDATE SET revision = excluded.revision, updatedAt = excluded.updatedAt
-                """, arguments: [cluster, storedRevision, now])
-            for result in results {
-                if result.state == .pruned {
-                    try db.execute(sql: "DELETE FROM objectStatuses WHERE cluster = ? AND object = ?", arguments: [cluster, result.object])
-                    continue
-                }
-                if result.state == .drifted {
-                    // The agent reports drift once it has put the object back: in sync
-                    // again, with the repair kept as the row's last drift.
-                    try db.execute(sql: """
-                        INSERT INTO objectStatuses (cluster, object, bundle, revision, state, message, updatedAt, lastDriftAt, lastDriftMessage)
-                        VALUES (?, ?, ?, ?, 'applied', NULL, ?, ?, ?)
-                        ON CONFLICT(cluster, object) DO UPDATE SET bundle = excluded.bundle, revision = excluded.revision, state = 'applied',
-                            message = NULL, updatedAt = excluded.updatedAt, lastDriftAt = excluded.lastDriftAt, lastDriftMessage = excluded.lastDriftMessage
-                        """, arguments: [cluster, result.object, result.bundle, storedRevision, now, now, result.message ?? "repaired in the cluster"])
-                    continue
-                }
-                try db.execute(sql: """
-                    INSERT INTO objectStatuses (cluster, object, bundle, revision, state, message, updatedAt) VALUES (?, ?, ?, ?, ?, ?, ?)
-                    ON CONFLICT(cluster, object) DO UPDATE SET bundle = excluded.bundle, revision = excluded.revision, state = excluded.state,
-                        message = excluded.message, updatedAt = excluded.updatedAt
-                    """, arguments: [cluster, result.object, result.bundle, storedRevision, result.state.rawValue, result.message, now])
+        try await reports.submit(PolicyReport(cluster: cluster, revision: storedRevision, results: results, at: now))
+    }
+
+    static func write(_ report: PolicyReport, _ db: Database) throws {
+        let (cluster, storedRevision, now) = (report.cluster, report.revision, report.at)
+        try db.cachedStatement(sql: """
+            INSERT INTO observedStates (cluster, revision, updatedAt) VALUES (?, ?, ?)
+            ON CONFLICT(cluster) DO UPDATE SET revision = excluded.revision, updatedAt = excluded.updatedAt
+            """).execute(arguments: [cluster, storedRevision, now])
+        for result in report.results {
+            if result.state == .pruned {
+                try db.cachedStatement(sql: "DELETE FROM objectStatuses WHERE cluster = ? AND object = ?").execute(arguments: [cluster, result.object])
+                continue
             }
+            if result.state == .drifted {
+                // The agent reports drift once it has put the object back: in sync
+                // again, with the repair kept as the row's last drift.
+                try db.cachedStatement(sql: """
+                    INSERT INTO objectStatuses (cluster, object, bundle, revision, state, message, updatedAt, lastDriftAt, lastDriftMessage)
+                    VALUES (?, ?, ?, ?, 'applied', NULL, ?, ?, ?)
+                    ON CONFLICT(cluster, object) DO UPDATE SET bundle = excluded.bundle, revision = excluded.revision, state = 'applied',
+                        message = NULL, updatedAt = excluded.updatedAt, lastDriftAt = excluded.lastDriftAt, lastDriftMessage = excluded.lastDriftMessage
+                    """).execute(arguments: [cluster, result.object, result.bundle, storedRevision, now, now, result.message ?? "repaired in the cluster"])
+                continue
+            }
+            try db.cachedStatement(sql: """
+                INSERT INTO objectStatuses (cluster, object, bundle, revision, state, message, updatedAt) VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT(cluster, object) DO UPDATE SET bundle = excluded.bundle, revision = excluded.revision, state = excluded.state,
+                    message = excluded.message, updatedAt = excluded.updatedAt
+                """).execute(arguments: [cluster, result.object, result.bundle, storedRevision, result.state.rawValue, result.message, now])
         }
     }
 
@@ -201,6 +218,14 @@ extension HubDatabase {
             }
         }
     }
+}
+
+/// An agent's report, as queued for a group commit.
+struct PolicyReport: Sendable {
+    var cluster: String
+    var revision: Int64
+    var results: [ObjectResult]
+    var at: Date
 }
 
 /// One object of a cluster's desired state.

@@ -11,6 +11,10 @@ import Shared
 /// that run as several replicas.
 package final class HubDatabase: Sendable {
     package let writer: DatabasePool
+    /// Agents' policy reports, group-committed.
+    let reports: GroupCommit<PolicyReport>
+    /// The hub's own audit events, group-committed.
+    let hubEvents: GroupCommit<HubEvent>
 
     /// Opens (creating on first use) the database at `path`. Refuses a file that is
     /// not a SQLite database, one that fails its integrity check, and one written by
@@ -52,6 +56,10 @@ package final class HubDatabase: Sendable {
         }
         try migrator.migrate(pool)
         self.writer = pool
+        self.reports = GroupCommit(writer: pool) { db, reports in
+            for report in reports { try Self.write(report, db) }
+        }
+        self.hubEvents = GroupCommit(writer: pool) { db, events in try Self.appendHub(events, db) }
     }
 
     /// Append-only: never edit a migration that has shipped; add a new one.

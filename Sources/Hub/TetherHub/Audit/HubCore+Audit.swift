@@ -79,7 +79,7 @@ extension HubCore {
                 if let ip = action.sourceIP { event["sourceIPs"] = [ip] }
                 if let message = action.message { event["annotations"] = ["tether.dev/message": message] }
                 let raw = try JSONSerialization.data(withJSONObject: event, options: [.sortedKeys, .withoutEscapingSlashes])
-                try await database.appendAudit(cluster: "hub", event: try IndexedAuditEvent(raw: raw), now: now)
+                try await database.appendHubAudit(try IndexedAuditEvent(raw: raw), now: now)
             } catch {
                 logger.error("cannot record hub action in the audit log", metadata: ["action": "\(action.verb) \(action.resource)", "error": "\(error)"])
             }
