@@ -129,4 +129,47 @@ import Testing
         #expect(commits.value.reduce(0, +) == 500)
         #expect(commits.value.count < 500, "items that waited together shared a commit (\(commits.value.count) commits)")
     }
+
+    // MARK: Audit batches compressed in the message
+
+    @Test func compressedAuditEventsComeBackWholeAndInOrder() throws {
+        let events = try Fixtures.files(in: "audit/webhook").prefix(3).flatMap { url -> [Data] in
+            let list = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any] ?? [:]
+            return try (list["items"] as? [Any] ?? []).map { try JSONSerialization.data(withJSONObject: $0) }
+        } + [Data(), Data("{}".utf8)]
+        #expect(events.count > 10)
+        let compressed = try EventCompression.compress(events)
+        #expect(compressed.count * 5 < events.reduce(0) { $0 + $1.count }, "real audit JSON compresses well even at level 1")
+        #expect(try EventCompression.decompress(compressed, count: events.count) == events)
+        // Through the wire type, as the hub reads it.
+        let batch = Tether_V1_AuditBatch.with { $0.firstSequence = 1; $0.compressedEvents = compressed; $0.eventCount = UInt32(events.count) }
+        #expect(try batch.decodedEvents() == events)
+        #expect(try Tether_V1_AuditBatch.with { $0.events = events }.decodedEvents() == events, "uncompressed batches are read as before")
+    }
+
+    @Test func aCompressedBatchThatLiesOrExplodesIsRefusedNotExpanded() throws {
+        let events = [Data("one".utf8), Data("two".utf8)]
+        let good = try EventCompression.compress(events)
+        func refusal(_ data: Data, count: Int, limit: Int = WireLimits.maxMessageBytes) -> String? {
+            do {
+                _ = try EventCompression.decompress(data, count: count, limit: limit)
+                return nil
+            } catch let error as TetherError {
+                #expect(error.code == .invalidArgument)
+                return error.message
+            } catch {
+                return "\(error)"
+            }
+        }
+        #expect(refusal(good, count: 3)?.contains("holds 2 events, not the 3 it names") == true)
+        #expect(refusal(good, count: 1)?.contains("more than its 1 events") == true)
+        #expect(refusal(Data("not zlib at all".utf8), count: 1)?.contains("not valid zlib data") == true)
+        #expect(refusal(good.prefix(good.count - 4), count: 2) != nil, "a truncated stream is refused")
+        // A bomb: 64 MiB of zeros in one frame compresses to under 300 KiB at level 1.
+        let bomb = try EventCompression.compress([Data(count: 64 << 20)])
+        #expect(bomb.count < 300 << 10)
+        #expect(refusal(bomb, count: 1)?.contains("expands past 32.0 MiB") == true)
+        let both = Tether_V1_AuditBatch.with { $0.events = events; $0.compressedEvents = good; $0.eventCount = 2 }
+        #expect(throws: TetherError.self) { try both.decodedEvents() }
+    }
 }

@@ -30,7 +30,7 @@ struct AuditForwarder: ChannelParticipant {
         let start = Locked<UInt64?>(nil)
         let started = ChangeSignal()
         var options = CallOptions.defaults
-        options.compression = .gzip
+        // Compressed in the message (EventCompression), not by gRPC: see AuditBatch.
         options.waitForReady = false
         options.maxRequestMessageBytes = WireLimits.maxMessageBytes
         options.maxResponseMessageBytes = WireLimits.maxMessageBytes
@@ -56,9 +56,11 @@ struct AuditForwarder: ChannelParticipant {
                         await spool.changed.wait(after: seen)
                         continue
                     }
+                    let compressed = try EventCompression.compress(events.map(\.payload))
                     try await writer.write(.with {
                         $0.firstSequence = events[0].sequence
-                        $0.events = events.map(\.payload)
+                        $0.compressedEvents = compressed
+                        $0.eventCount = UInt32(events.count)
                     })
                     metrics.auditForwarded.increment(by: Int64(events.count))
                     cursor = last.sequence

@@ -35,7 +35,7 @@ extension AgentLinkService {
                     let start = try await core.auditAcknowledged(cluster)
                     try await response.write(.with { $0.acknowledgedSequence = start })
                     for try await batch in request {
-                        let acked = try await core.ingestAudit(cluster: cluster, firstSequence: batch.firstSequence, events: batch.events)
+                        let acked = try await core.ingestAudit(cluster: cluster, firstSequence: batch.firstSequence, events: try batch.decodedEvents())
                         try await response.write(.with { $0.acknowledgedSequence = acked })
                     }
                 }
@@ -76,5 +76,17 @@ extension AgentLinkService {
             // A link that opens on this connection meanwhile is seen within a second.
             try await Task.sleep(for: .milliseconds(min(Int64(untilExpiry * 1000) + 1, 1000)))
         }
+    }
+}
+
+extension Tether_V1_AuditBatch {
+    /// The batch's events, from `compressed_events` when the agent compressed them
+    /// (bounded: a batch may not expand past one message's limit), else `events`.
+    func decodedEvents() throws -> [Data] {
+        guard !compressedEvents.isEmpty else { return events }
+        guard events.isEmpty else {
+            throw TetherError(.invalidArgument, "audit batch carries both events and compressed_events; send one")
+        }
+        return try EventCompression.decompress(compressedEvents, count: Int(eventCount))
     }
 }

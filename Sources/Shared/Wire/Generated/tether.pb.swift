@@ -280,6 +280,14 @@ public nonisolated struct Tether_V1_AuditBatch: Sendable {
   /// Each an audit.k8s.io/v1 Event, JSON, exactly as the API server sent it.
   public var events: [Data] = []
 
+  /// Instead of events: the same events compressed (zlib/deflate) as one stream of
+  /// frames, each a 4-byte big-endian length and the event's bytes; event_count of
+  /// them. Agents compress here rather than with gRPC's per-message compression,
+  /// which would give every channel a zlib compressor on the hub (256 KiB a stream).
+  public var compressedEvents: Data = Data()
+
+  public var eventCount: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -890,7 +898,7 @@ nonisolated extension Tether_V1_RenewResponse: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Tether_V1_AuditBatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".AuditBatch"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}first_sequence\0\u{1}events\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}first_sequence\0\u{1}events\0\u{3}compressed_events\0\u{3}event_count\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -900,6 +908,8 @@ nonisolated extension Tether_V1_AuditBatch: SwiftProtobuf.Message, SwiftProtobuf
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.firstSequence) }()
       case 2: try { try decoder.decodeRepeatedBytesField(value: &self.events) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.compressedEvents) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.eventCount) }()
       default: break
       }
     }
@@ -912,12 +922,20 @@ nonisolated extension Tether_V1_AuditBatch: SwiftProtobuf.Message, SwiftProtobuf
     if !self.events.isEmpty {
       try visitor.visitRepeatedBytesField(value: self.events, fieldNumber: 2)
     }
+    if !self.compressedEvents.isEmpty {
+      try visitor.visitSingularBytesField(value: self.compressedEvents, fieldNumber: 3)
+    }
+    if self.eventCount != 0 {
+      try visitor.visitSingularUInt32Field(value: self.eventCount, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tether_V1_AuditBatch, rhs: Tether_V1_AuditBatch) -> Bool {
     if lhs.firstSequence != rhs.firstSequence {return false}
     if lhs.events != rhs.events {return false}
+    if lhs.compressedEvents != rhs.compressedEvents {return false}
+    if lhs.eventCount != rhs.eventCount {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
