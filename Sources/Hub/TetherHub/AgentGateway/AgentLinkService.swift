@@ -22,10 +22,11 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
         }
         let interval = core.settings.heartbeatInterval
         let session = SessionState(certificateDeadline: certificate.notValidAfter)
-        let (closeSignals, closer) = AsyncStream.makeStream(of: TetherError.self)
-        // One writer for the response stream; the reader and the policy sender queue into it.
-        let (outbox, outboxWriter) = AsyncStream.makeStream(of: Tether_V1_HubMessage.self)
-        let policyChanged = ChangeSignal()
+        // One writer for the response stream. The reader, policy deliveries (straight
+        // from `publish`, no task of their own) and a close from the registry queue into
+        // it; three tasks a channel (writer, reader, watchdog): at 10,000 agents every
+        // task and wake-up counts.
+        let (outbox, outboxWriter) = AsyncStream.makeStream(of: Outgoing.self)
         let logger = {
             var logger = core.logger
             logger[metadataKey: "cluster"] = "\(cluster)"
@@ -44,27 +45,24 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
             try await withThrowingTaskGroup(of: Bool.self) { group in
                 // true: the writer, which ends the channel once it has sent everything queued.
                 group.addTask {
-                    for await message in outbox { try await response.write(message) }
+                    for await item in outbox {
+                        switch item {
+                        case .message(let message): try await response.write(message)
+                        case .close(let reason): throw reason.rpcError
+                        }
+                    }
                     return true
                 }
                 group.addTask {
                     try await readMessages(request, outbox: outboxWriter, cluster: cluster, serial: serial, peer: "\(context.remotePeer)", session: session,
-                                           closer: closer, policyChanged: policyChanged, logger: logger)
+                                           logger: logger)
                     // The agent half-closed: send what is already queued (a Welcome to a
                     // Hello that came just before the close), then end.
                     outboxWriter.finish()
                     return false
                 }
                 group.addTask {
-                    try await sendDesiredStates(cluster: cluster, session: session, changed: policyChanged, outbox: outboxWriter)
-                    return false
-                }
-                group.addTask {
                     try await watch(session, interval: interval)
-                    return false
-                }
-                group.addTask {
-                    for await reason in closeSignals { throw reason.rpcError }
                     return false
                 }
                 while let writerDone = try await group.next(), !writerDone {}
@@ -79,10 +77,8 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
 
     private func readMessages(
         _ request: RPCAsyncSequence<Tether_V1_AgentMessage, any Error>,
-        outbox: AsyncStream<Tether_V1_HubMessage>.Continuation,
+        outbox: AsyncStream<Outgoing>.Continuation,
         cluster: ClusterName, serial: String, peer: String, session: SessionState,
-        closer: AsyncStream<TetherError>.Continuation,
-        policyChanged: ChangeSignal,
         logger: Logger
     ) async throws {
         var machine = AgentSession()
@@ -101,14 +97,15 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 throw error.rpcError
             case .open(let agentVersion, let observedRevision):
                 session.agentVersion = agentVersion
+                session.observedRevision = observedRevision
                 core.presence.saw(cluster, agentVersion: agentVersion, at: core.clock.now())
                 session.registrationID = core.registry.register(
                     cluster, stream: .link, peer: peer, certificateDeadline: { session.certificateDeadline }, close: { reason in
-                    closer.yield(reason)
-                    closer.finish()
+                    // The watchdog ends the channel at once, even while the writer
+                    // waits on an agent that stopped reading.
+                    session.close(reason)
                 }, deliver: { state in
-                    session.offer(state)
-                    policyChanged.notify()
+                    session.send(state, to: outbox)
                 })
                 // A removal that raced this connection's interceptor check still wins.
                 guard try await core.database.standing(ofCertificate: serial) == .active else {
@@ -120,25 +117,26 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 welcome.hubVersion = TetherVersion.current
                 welcome.clusterName = cluster.rawValue
                 welcome.heartbeatIntervalSeconds = core.settings.heartbeatInterval.seconds
-                outbox.yield(.with { $0.welcome = welcome })
-                session.observedRevision = observedRevision
-                policyChanged.notify()
+                // Welcome first; then what the store has (if newer than the agent's), and
+                // from then on each state `publish` hands over, newest only.
+                session.welcome(.message(.with { $0.welcome = welcome }), to: outbox)
+                if let stored = try await core.database.desiredState(cluster.rawValue) { session.send(stored, to: outbox) }
             case .acknowledgeHeartbeat(let agentVersion):
                 session.agentVersion = agentVersion
                 core.presence.saw(cluster, agentVersion: agentVersion, at: core.clock.now())
-                outbox.yield(.with { $0.heartbeatAck = .with { $0.hubTimeUnix = core.clock.now().timeIntervalSince1970 } })
+                outbox.yield(.message(.with { $0.heartbeatAck = .with { $0.hubTimeUnix = core.clock.now().timeIntervalSince1970 } }))
             case .issueCertificate(let csr, let keyID):
                 do {
                     let issued = try await core.renew(cluster: cluster, csrPEM: csr)
                     machine.issued(issued, keyID: keyID)
                     session.certificateDeadline = issued.notAfter
-                    outbox.yield(renewed(issued))
+                    outbox.yield(.message(renewed(issued)))
                 } catch let error as TetherError {
                     throw error.rpcError
                 }
             case .sendCertificate(let issued):
                 // The agent asked again for the key already signed: the same certificate.
-                outbox.yield(renewed(issued))
+                outbox.yield(.message(renewed(issued)))
             case .storeReport(let revision, let results):
                 try await core.database.recordPolicyReport(cluster: cluster.rawValue, revision: revision, results: results, now: core.clock.now())
                 for result in results where result.state == .drifted {
@@ -166,31 +164,8 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
         }
     }
 
-    /// Sends the cluster's desired state whenever it is newer than what the agent
-    /// has (from its Hello, then from what was sent on this channel).
-    private func sendDesiredStates(cluster: ClusterName, session: SessionState, changed: ChangeSignal,
-                                   outbox: AsyncStream<Tether_V1_HubMessage>.Continuation) async throws {
-        var readStore = true
-        while !Task.isCancelled {
-            let seen = changed.generation
-            if let observed = session.observedRevision {
-                // The store once, after Hello; from then on the states `publish` hands over.
-                var desired = session.takeOffered()
-                if readStore, let stored = try await core.database.desiredState(cluster.rawValue), stored.revision > desired?.revision ?? 0 {
-                    desired = stored
-                }
-                readStore = false
-                if let desired, desired.revision > observed {
-                    outbox.yield(.with { $0.desired = Tether_V1_DesiredState(desired) })
-                    session.observedRevision = desired.revision
-                }
-            }
-            await changed.wait(after: seen)
-        }
-    }
-
-    /// Ends the channel when the agent is silent for three intervals or its
-    /// certificate runs out.
+    /// Ends the channel when the agent is silent for three intervals, its
+    /// certificate runs out, or the registry closes it (removal, replacement, shutdown).
     private func watch(_ session: SessionState, interval: Duration) async throws {
         let limit = interval * 3
         while true {
@@ -203,9 +178,15 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 throw TetherError(.certificateExpired, "the channel's certificate expired without renewal").rpcError
             }
             let wait = min(limit - silent, .milliseconds(Int64(untilExpiry * 1000) + 1))
-            try await Task.sleep(for: wait)
+            if let reason = try await session.pause(for: wait) { throw reason.rpcError }
         }
     }
+}
+
+/// What the channel's writer sends: a message, or the end with a reason.
+enum Outgoing: Sendable {
+    case message(Tether_V1_HubMessage)
+    case close(TetherError)
 }
 
 /// What one channel's reader and watchdog share.
@@ -217,8 +198,14 @@ final class SessionState: Sendable {
         var registrationID: UInt64?
         /// The newest revision the agent has or was sent on this channel.
         var observedRevision: UInt64?
-        /// The newest desired state published for the cluster, not yet sent.
+        /// The newest desired state published before Welcome was queued.
         var offered: DesiredState?
+        var welcomed = false
+        /// Set once the registry closes the channel.
+        var closeReason: TetherError?
+        /// The watchdog, while it pauses.
+        var waiter: (id: UInt64, continuation: CheckedContinuation<TetherError?, any Error>)?
+        var waiterID: UInt64 = 0
     }
 
     private let state: Mutex<State>
@@ -250,17 +237,75 @@ final class SessionState: Sendable {
         set { state.withLock { $0.observedRevision = newValue } }
     }
 
-    /// Keeps `desired` to send unless a newer one is already waiting.
-    func offer(_ desired: DesiredState) {
+    /// Queues `desired` for the agent if it is newer than what the agent has or was
+    /// sent; before Welcome, keeps the newest to send right after it. Under the lock,
+    /// so two states racing in (the store's after Hello, one from `publish`) are
+    /// queued in revision order and an older one never follows a newer.
+    func send(_ desired: DesiredState, to outbox: AsyncStream<Outgoing>.Continuation) {
         state.withLock { s in
-            if desired.revision > s.offered?.revision ?? 0 { s.offered = desired }
+            guard s.welcomed else {
+                if desired.revision > s.offered?.revision ?? 0 { s.offered = desired }
+                return
+            }
+            guard let observed = s.observedRevision, desired.revision > observed else { return }
+            s.observedRevision = desired.revision
+            outbox.yield(.message(.with { $0.desired = Tether_V1_DesiredState(desired) }))
         }
     }
 
-    func takeOffered() -> DesiredState? {
-        state.withLock { s in
+    /// Ends the channel: wakes the watchdog with `reason`.
+    func close(_ reason: TetherError) {
+        let waiter = state.withLock { s -> CheckedContinuation<TetherError?, any Error>? in
+            if s.closeReason == nil { s.closeReason = reason }
+            defer { s.waiter = nil }
+            return s.waiter?.continuation
+        }
+        waiter?.resume(returning: reason)
+    }
+
+    /// Waits `duration`, or less: returns the reason as soon as the channel is
+    /// closed, and throws when the task is cancelled. A dispatch timer, not a task,
+    /// so 10,000 idle channels cost no extra tasks.
+    func pause(for duration: Duration) async throws -> TetherError? {
+        let id = state.withLock { s -> UInt64 in
+            s.waiterID += 1
+            return s.waiterID
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<TetherError?, any Error>) in
+                let immediate = state.withLock { s -> Result<TetherError?, any Error>? in
+                    if let reason = s.closeReason { return .success(reason) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    s.waiter = (id, continuation)
+                    return nil
+                }
+                if let immediate { continuation.resume(with: immediate); return }
+                DispatchQueue.global().asyncAfter(deadline: .now() + duration.seconds) { [self] in
+                    resumeWaiter(id, with: .success(nil))
+                }
+            }
+        } onCancel: {
+            resumeWaiter(id, with: .failure(CancellationError()))
+        }
+    }
+
+    private func resumeWaiter(_ id: UInt64, with result: Result<TetherError?, any Error>) {
+        let waiter = state.withLock { s -> CheckedContinuation<TetherError?, any Error>? in
+            guard let waiter = s.waiter, waiter.id == id else { return nil }
+            s.waiter = nil
+            return waiter.continuation
+        }
+        waiter?.resume(with: result)
+    }
+
+    /// Queues the Welcome, then any state published while it was being prepared.
+    func welcome(_ message: Outgoing, to outbox: AsyncStream<Outgoing>.Continuation) {
+        let held = state.withLock { s -> DesiredState? in
+            outbox.yield(message)
+            s.welcomed = true
             defer { s.offered = nil }
             return s.offered
         }
+        if let held { send(held, to: outbox) }
     }
 }

@@ -6,8 +6,13 @@ extension HubCore {
     /// Stores bundles and pushes the resulting desired states to connected agents.
     func applyBundles(_ bundles: [PolicyBundle], by caller: Caller = .operator) async throws -> [DesiredState] {
         try await refuseBorrowedPrivilege(bundles)
+        let started = ContinuousClock.now
         let changed = try await database.applyBundles(bundles, now: clock.now())
+        let stored = ContinuousClock.now
         publish(changed)
+        logger.info("policy applied", metadata: [
+            "bundles": "\(bundles.map(\.name).joined(separator: ","))", "clustersChanged": "\(changed.count)",
+            "compileAndStoreMs": "\(Int((stored - started).seconds * 1000))", "publishMs": "\(Int((ContinuousClock.now - stored).seconds * 1000))"])
         for bundle in bundles {
             await audit(HubAction(verb: "apply", resource: "policybundles", name: bundle.name, user: caller.user, code: 200, sourceIP: caller.address,
                             message: "\(bundle.resources.count) objects"))
