@@ -266,9 +266,18 @@ struct HubProcess {
         try? FileManager.default.removeItem(atPath: credentialsPath)
         let hub = Process()
         hub.executableURL = URL(fileURLWithPath: bin + "/tether-hub")
-        hub.arguments = ["serve", "--data-dir", dataDir, "--listen", listen, "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1", "--log-level", "error"]
+        // TETHER_BENCH_HUB_LOG=FILE keeps the hub's info log (timings of each apply).
+        let log = ProcessInfo.processInfo.environment["TETHER_BENCH_HUB_LOG"]
+        hub.arguments = ["serve", "--data-dir", dataDir, "--listen", listen, "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
+                         "--log-level", log == nil ? "error" : "info"]
             + (heartbeat.map { ["--heartbeat-interval", $0] } ?? [])
-        hub.standardError = FileHandle.nullDevice
+        if let log, FileManager.default.fileExists(atPath: log) || FileManager.default.createFile(atPath: log, contents: nil),
+           let handle = FileHandle(forWritingAtPath: log) {
+            handle.seekToEndOfFile()
+            hub.standardError = handle
+        } else {
+            hub.standardError = FileHandle.nullDevice
+        }
         hub.standardOutput = FileHandle.nullDevice
         try hub.run()
         var credentials: AdminCredentials?
