@@ -163,6 +163,8 @@ import Testing
         }
         #expect(refusal(good, count: 3)?.contains("holds 2 events, not the 3 it names") == true)
         #expect(refusal(good, count: 1)?.contains("more than its 1 events") == true)
+        #expect(refusal(good, count: Int(UInt32.max))?.contains("holds 2 events, not the 4294967295 it names") == true,
+                "a huge count from the sender is refused, not reserved")
         #expect(refusal(Data("not zlib at all".utf8), count: 1)?.contains("not valid zlib data") == true)
         #expect(refusal(good.prefix(good.count - 4), count: 2) != nil, "a truncated stream is refused")
         // A bomb: 64 MiB of zeros in one frame compresses to under 300 KiB at level 1.

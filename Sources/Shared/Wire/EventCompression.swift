@@ -71,7 +71,8 @@ public enum EventCompression {
             } while status != Z_STREAM_END
         }
         var events: [Data] = []
-        events.reserveCapacity(count)
+        // `count` comes from the sender: reserve no more than the frames could hold.
+        events.reserveCapacity(min(count, framed.count / 4))
         var offset = framed.startIndex
         while offset < framed.endIndex {
             guard framed.endIndex - offset >= 4, events.count < count else {
