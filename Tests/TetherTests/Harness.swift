@@ -87,14 +87,15 @@ final class TestAgent: Sendable {
     var link: HubLink { runtime.link }
 
     static func start(stateDir: String, join: JoinString?, audit: Bool = false, spoolLimit: Int64 = 1 << 30, auditLogFile: String? = nil,
-                      health: Bool = false, connectionLimits: ConnectionLimits = .defaults) throws -> TestAgent {
+                      health: Bool = false, connectionLimits: ConnectionLimits = .defaults,
+                      clock: any AgentClock = SystemAgentClock()) throws -> TestAgent {
         var config = AgentConfiguration(stateDirectory: stateDir, joinString: join)
         config.healthListen = health ? HostPort(host: "127.0.0.1", port: 0) : nil
         config.connectionLimits = connectionLimits
         config.auditListen = audit ? HostPort(host: "127.0.0.1", port: 0) : nil
         config.auditSpoolMax = spoolLimit
         config.auditLogFile = auditLogFile
-        let runtime = try AgentRuntime(configuration: config, logger: testLogger)
+        let runtime = try AgentRuntime(configuration: config, logger: testLogger, clock: clock)
         let task = Task { try await runtime.run() }
         return TestAgent(runtime: runtime, task: task, stateDir: stateDir)
     }

@@ -47,7 +47,8 @@ final class AgentRuntime: Sendable {
     let group: ServiceGroup
     let kubeClient: KubeClient?
 
-    init(configuration c: AgentConfiguration, logger: Logger, signals: [UnixSignal] = []) throws {
+    /// `clock`: what the channel schedules renewal by (tests pass a `ManualAgentClock`).
+    init(configuration c: AgentConfiguration, logger: Logger, signals: [UnixSignal] = [], clock: any AgentClock = SystemAgentClock()) throws {
         let metrics = AgentMetrics()
         let spool = try AuditSpool(directory: c.stateDirectory + "/audit-spool", limit: c.auditSpoolMax)
         let applier: any DesiredStateApplier
@@ -78,7 +79,7 @@ final class AgentRuntime: Sendable {
         forwarder.batchSize = c.auditForwardBatchSize
         let link = HubLink(
             store: store, joinString: c.joinString, logger: logger, metrics: metrics,
-            participants: [forwarder], applier: applier)
+            participants: [forwarder], applier: applier, clock: clock)
         self.metrics = metrics
         self.spool = spool
         self.link = link
