@@ -22,11 +22,11 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
         }
         let interval = core.settings.heartbeatInterval
         let session = SessionState(certificateDeadline: certificate.notValidAfter)
-        // One writer for the response stream. The reader, policy deliveries (straight
-        // from `publish`, no task of their own) and a close from the registry queue into
-        // it; three tasks a channel (writer, reader, watchdog): at 10,000 agents every
-        // task and wake-up counts.
-        let (outbox, outboxWriter) = AsyncStream.makeStream(of: Outgoing.self)
+        // One writer for the response stream; the reader and policy deliveries (straight
+        // from `publish`, no task of their own) queue into it. A close from the registry
+        // goes to the watchdog. Three tasks a channel (writer, reader, watchdog): at
+        // 10,000 agents every task and wake-up counts.
+        let (outbox, outboxWriter) = AsyncStream.makeStream(of: Tether_V1_HubMessage.self)
         let logger = {
             var logger = core.logger
             logger[metadataKey: "cluster"] = "\(cluster)"
@@ -45,12 +45,7 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
             try await withThrowingTaskGroup(of: Bool.self) { group in
                 // true: the writer, which ends the channel once it has sent everything queued.
                 group.addTask {
-                    for await item in outbox {
-                        switch item {
-                        case .message(let message): try await response.write(message)
-                        case .close(let reason): throw reason.rpcError
-                        }
-                    }
+                    for await message in outbox { try await response.write(message) }
                     return true
                 }
                 group.addTask {
@@ -77,7 +72,7 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
 
     private func readMessages(
         _ request: RPCAsyncSequence<Tether_V1_AgentMessage, any Error>,
-        outbox: AsyncStream<Outgoing>.Continuation,
+        outbox: AsyncStream<Tether_V1_HubMessage>.Continuation,
         cluster: ClusterName, serial: String, peer: String, session: SessionState,
         logger: Logger
     ) async throws {
@@ -119,24 +114,24 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 welcome.heartbeatIntervalSeconds = core.settings.heartbeatInterval.seconds
                 // Welcome first; then what the store has (if newer than the agent's), and
                 // from then on each state `publish` hands over, newest only.
-                session.welcome(.message(.with { $0.welcome = welcome }), to: outbox)
+                session.welcome(.with { $0.welcome = welcome }, to: outbox)
                 if let stored = try await core.database.desiredState(cluster.rawValue) { session.send(stored, to: outbox) }
             case .acknowledgeHeartbeat(let agentVersion):
                 session.agentVersion = agentVersion
                 core.presence.saw(cluster, agentVersion: agentVersion, at: core.clock.now())
-                outbox.yield(.message(.with { $0.heartbeatAck = .with { $0.hubTimeUnix = core.clock.now().timeIntervalSince1970 } }))
+                outbox.yield(.with { $0.heartbeatAck = .with { $0.hubTimeUnix = core.clock.now().timeIntervalSince1970 } })
             case .issueCertificate(let csr, let keyID):
                 do {
                     let issued = try await core.renew(cluster: cluster, csrPEM: csr)
                     machine.issued(issued, keyID: keyID)
                     session.certificateDeadline = issued.notAfter
-                    outbox.yield(.message(renewed(issued)))
+                    outbox.yield(renewed(issued))
                 } catch let error as TetherError {
                     throw error.rpcError
                 }
             case .sendCertificate(let issued):
                 // The agent asked again for the key already signed: the same certificate.
-                outbox.yield(.message(renewed(issued)))
+                outbox.yield(renewed(issued))
             case .storeReport(let revision, let results):
                 try await core.database.recordPolicyReport(cluster: cluster.rawValue, revision: revision, results: results, now: core.clock.now())
                 for result in results where result.state == .drifted {
@@ -181,12 +176,6 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
             if let reason = try await session.pause(for: wait) { throw reason.rpcError }
         }
     }
-}
-
-/// What the channel's writer sends: a message, or the end with a reason.
-enum Outgoing: Sendable {
-    case message(Tether_V1_HubMessage)
-    case close(TetherError)
 }
 
 /// What one channel's reader and watchdog share.
@@ -241,7 +230,7 @@ final class SessionState: Sendable {
     /// sent; before Welcome, keeps the newest to send right after it. Under the lock,
     /// so two states racing in (the store's after Hello, one from `publish`) are
     /// queued in revision order and an older one never follows a newer.
-    func send(_ desired: DesiredState, to outbox: AsyncStream<Outgoing>.Continuation) {
+    func send(_ desired: DesiredState, to outbox: AsyncStream<Tether_V1_HubMessage>.Continuation) {
         state.withLock { s in
             guard s.welcomed else {
                 if desired.revision > s.offered?.revision ?? 0 { s.offered = desired }
@@ -249,7 +238,7 @@ final class SessionState: Sendable {
             }
             guard let observed = s.observedRevision, desired.revision > observed else { return }
             s.observedRevision = desired.revision
-            outbox.yield(.message(.with { $0.desired = Tether_V1_DesiredState(desired) }))
+            outbox.yield(.with { $0.desired = Tether_V1_DesiredState(desired) })
         }
     }
 
@@ -299,7 +288,7 @@ final class SessionState: Sendable {
     }
 
     /// Queues the Welcome, then any state published while it was being prepared.
-    func welcome(_ message: Outgoing, to outbox: AsyncStream<Outgoing>.Continuation) {
+    func welcome(_ message: Tether_V1_HubMessage, to outbox: AsyncStream<Tether_V1_HubMessage>.Continuation) {
         let held = state.withLock { s -> DesiredState? in
             outbox.yield(message)
             s.welcomed = true
