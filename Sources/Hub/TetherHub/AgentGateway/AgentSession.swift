@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import HubStore
 import Shared
@@ -99,25 +98,5 @@ struct AgentSession {
     /// The certificate `issueCertificate` asked for was signed and recorded.
     mutating func issued(_ certificate: IssuedCertificate, keyID: String) {
         lastIssued = (keyID, certificate)
-    }
-}
-
-extension AgentSession.Incoming {
-    /// Reads a wire message. A renewal's CSR is parsed here only for its key (the
-    /// CA checks it in full when signing); one that cannot be parsed is refused.
-    init(proto message: Tether_V1_AgentMessage) throws {
-        switch message.kind {
-        case .hello(let hello):
-            self = .hello(protocolVersion: hello.protocolVersion, agentVersion: hello.agentVersion, observedRevision: hello.observedRevision)
-        case .heartbeat(let heartbeat):
-            self = .heartbeat(agentVersion: heartbeat.agentVersion)
-        case .renew(let renew):
-            let csr = try CertificateAuthority.parseCSR(renew.csrPem)
-            self = .renew(csrPEM: renew.csrPem, keyID: PKI.hex(SHA256.hash(data: Array(csr.publicKey.subjectPublicKeyInfoBytes))))
-        case .report(let report):
-            self = .report(revision: report.revision, results: report.results.map(ObjectResult.init(proto:)))
-        case .none:
-            self = .unknown
-        }
     }
 }

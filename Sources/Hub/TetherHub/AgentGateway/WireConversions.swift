@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import HubStore
 import Shared
@@ -25,5 +26,25 @@ extension Tether_V1_DesiredState {
         revision = state.revision
         hash = state.hash
         objects = state.objects.map { object in .with { $0.bundle = object.bundle; $0.object = object.json } }
+    }
+}
+
+extension AgentSession.Incoming {
+    /// Reads a wire message. A renewal's CSR is parsed here only for its key (the
+    /// CA checks it in full when signing); one that cannot be parsed is refused.
+    init(proto message: Tether_V1_AgentMessage) throws {
+        switch message.kind {
+        case .hello(let hello):
+            self = .hello(protocolVersion: hello.protocolVersion, agentVersion: hello.agentVersion, observedRevision: hello.observedRevision)
+        case .heartbeat(let heartbeat):
+            self = .heartbeat(agentVersion: heartbeat.agentVersion)
+        case .renew(let renew):
+            let csr = try CertificateAuthority.parseCSR(renew.csrPem)
+            self = .renew(csrPEM: renew.csrPem, keyID: PKI.hex(SHA256.hash(data: Array(csr.publicKey.subjectPublicKeyInfoBytes))))
+        case .report(let report):
+            self = .report(revision: report.revision, results: report.results.map(ObjectResult.init(proto:)))
+        case .none:
+            self = .unknown
+        }
     }
 }
