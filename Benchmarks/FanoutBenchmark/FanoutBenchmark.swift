@@ -34,6 +34,7 @@ struct FanoutBenchmark {
         var restart = true
         var duration = 60
         var startRate = 1000
+        var settle = 3
     }
 
     static func main() async throws {
@@ -47,11 +48,13 @@ struct FanoutBenchmark {
             case "--no-restart": options.restart = false
             case "--duration": options.duration = Int(args.popFirst() ?? "") ?? options.duration
             case "--start-rate": options.startRate = Int(args.popFirst() ?? "") ?? options.startRate
+            case "--settle": options.settle = Int(args.popFirst() ?? "") ?? options.settle
             case "--help", "-h":
                 say("""
-                    usage: tether-bench-fanout [--agents N[,N...]] [--heartbeat [--duration S]] [--no-restart] [--start-rate PER_S] [--bin DIR]
+                    usage: tether-bench-fanout [--agents N[,N...]] [--heartbeat [--duration S]] [--no-restart] [--start-rate PER_S] [--settle S] [--bin DIR]
                       fan-out (default): bundle change -> every agent, then a hub restart and the reconnect storm
                       --heartbeat: agents heartbeat every second while `cluster list` loops; SQLite commits/s from presence, admin latency
+                      --settle S: seconds to wait after the agents connect before measuring (3); prints the CPU the idle fleet uses
                     """)
                 return
             default:
@@ -79,7 +82,7 @@ struct FanoutBenchmark {
         say(String(format: "  %d agents enrolled and connected in %.1f s (started at %d/s)", n, enrolled, options.startRate))
         // The hub is still closing the last enrollment connections (TLS shutdown of
         // thousands of them shows in a profile): measure the change, not that tail.
-        try await Task.sleep(for: .seconds(3))
+        try await settle(options.settle, hub: hub)
 
         try await change(revision: 1, fleet: fleet, hub: hub, n: n)
         if options.restart {
@@ -91,13 +94,24 @@ struct FanoutBenchmark {
             let reconnected = try await fleet.waitConnected(n, since: storm, timeout: .seconds(600), what: "reconnected after the hub restart")
             say(String(format: "  hub restart: all %d agents connected %.1f s after the restart (hub up in %.1f s); hub peak memory %d MiB",
                          n, reconnected, startup, hub.peakMemoryKiB / 1024))
-            try await Task.sleep(for: .seconds(3))
+            try await settle(options.settle, hub: hub)
             try await change(revision: 2, fleet: fleet, hub: hub, n: n)
         }
         say(String(format: "  benchmark process (the %d agents) peak memory %d MiB", n, peakMemoryKiB(getpid()) / 1024))
         agents.cancel()
         _ = await agents.result
         hub.stop()
+    }
+
+    /// Waits `seconds` with the fleet connected and idle, and prints the CPU the hub
+    /// and this process (the agents) used in that time, in cores.
+    static func settle(_ seconds: Int, hub: HubProcess) async throws {
+        let start = ContinuousClock.now
+        let (hubBefore, selfBefore) = (cpuSeconds(hub.process.processIdentifier), cpuSeconds(getpid()))
+        try await Task.sleep(for: .seconds(seconds))
+        let wall = (ContinuousClock.now - start).seconds
+        say(String(format: "  idle fleet over %d s: hub %.2f cores, agents (this process) %.2f cores", seconds,
+                     (cpuSeconds(hub.process.processIdentifier) - hubBefore) / wall, (cpuSeconds(getpid()) - selfBefore) / wall))
     }
 
     /// Applies a bundle that changes every cluster's desired state to `revision` and
@@ -116,6 +130,7 @@ struct FanoutBenchmark {
                   metadata: {name: view-pods-\(revision)}
                   rules: [{apiGroups: [""], resources: [pods], verbs: [get, list, watch]}]
             """
+        let (hubCPU, selfCPU) = (cpuSeconds(hub.process.processIdentifier), cpuSeconds(getpid()))
         let start = ContinuousClock.now
         _ = try await hub.call(.POST, "/v1/policies", ["files": [["name": "fanout.yaml", "yaml": yaml]]])
         let applied = ContinuousClock.now
@@ -125,8 +140,10 @@ struct FanoutBenchmark {
             if ContinuousClock.now > deadline { throw BenchError("only \(fleet.arrivals.count) of \(n) agents got revision \(revision)") }
         }
         let latencies = fleet.arrivals.values.map { ($0 - start).seconds * 1000 }.sorted()
-        say(String(format: "  bundle change (revision %d) -> %d agents: p50 %.1f ms, p99 %.1f ms, max %.1f ms (apply call %.1f ms); hub memory now %d MiB, peak %d MiB",
-                     revision, n, percentile(latencies, 0.5), percentile(latencies, 0.99), latencies.last!, (applied - start).seconds * 1000,
+        say(String(format: "  CPU from the change to the last arrival: hub %.2f s, agents (this process) %.2f s",
+                     cpuSeconds(hub.process.processIdentifier) - hubCPU, cpuSeconds(getpid()) - selfCPU))
+        say(String(format: "  bundle change (revision %d) -> %d agents: first %.1f ms, p50 %.1f ms, p99 %.1f ms, max %.1f ms (apply call %.1f ms); hub memory now %d MiB, peak %d MiB",
+                     revision, n, latencies.first!, percentile(latencies, 0.5), percentile(latencies, 0.99), latencies.last!, (applied - start).seconds * 1000,
                      hub.memoryKiB / 1024, hub.peakMemoryKiB / 1024))
     }
 
@@ -375,6 +392,16 @@ func readStatus(_ pid: Int32, _ field: String) -> Int {
 }
 
 func peakMemoryKiB(_ pid: Int32) -> Int { readStatus(pid, "VmHWM:") }
+
+/// User plus system CPU time of a process so far (from /proc/PID/stat).
+func cpuSeconds(_ pid: Int32) -> Double {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = stat.lastIndex(of: ")") else { return 0 }
+    // Fields after the command: state is field 3; utime and stime are fields 14 and 15.
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+    return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
 
 struct BenchError: Error, CustomStringConvertible {
     var description: String

@@ -59,7 +59,10 @@ extension HubDatabase {
     /// Stores bundles (replacing same-named ones) and recompiles every cluster in
     /// the same transaction, after checking that no cluster would get the same
     /// object from two bundles. Returns the clusters whose desired state changed.
-    package func applyBundles(_ bundles: [PolicyBundle], now: Date) async throws -> [DesiredState] {
+    /// `audit`: the hub's own audit events for the change, stored in the same
+    /// transaction (the change and its record are one; the call does not queue
+    /// behind other writers a second time).
+    package func applyBundles(_ bundles: [PolicyBundle], now: Date, audit: [IndexedAuditEvent] = []) async throws -> [DesiredState] {
         try await writer.write { db in
             for bundle in bundles {
                 try db.execute(sql: """
@@ -67,29 +70,37 @@ extension HubDatabase {
                     ON CONFLICT(name) DO UPDATE SET selector = excluded.selector, document = excluded.document, updatedAt = excluded.updatedAt
                     """, arguments: [bundle.name, try JSONEncoder.sorted.encode(bundle.clusterSelector), try bundle.canonicalJSON(), now])
             }
-            return try recompile(db, now: now)
+            let changed = try recompile(db, now: now)
+            try Self.appendHub(audit.map { HubEvent(event: $0, at: now) }, db)
+            return changed
         }
     }
 
-    package func deleteBundle(_ name: String, now: Date) async throws -> [DesiredState] {
+    package func deleteBundle(_ name: String, now: Date, audit: [IndexedAuditEvent] = []) async throws -> [DesiredState] {
         try await writer.write { db in
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM policyBundles WHERE name = ?", arguments: [name]) == true else {
                 throw TetherError(.notFound, "policy bundle '\(name)' not found")
             }
             try db.execute(sql: "DELETE FROM policyBundles WHERE name = ?", arguments: [name])
-            return try recompile(db, now: now)
+            let changed = try recompile(db, now: now)
+            try Self.appendHub(audit.map { HubEvent(event: $0, at: now) }, db)
+            return changed
         }
     }
 
     /// Changes a cluster's labels (nil value: remove) and recompiles.
-    package func relabelCluster(_ name: ClusterName, changes: [String: String?], now: Date) async throws -> (ClusterRecord, [DesiredState]) {
+    package func relabelCluster(
+        _ name: ClusterName, changes: [String: String?], now: Date, audit: [IndexedAuditEvent] = []
+    ) async throws -> (ClusterRecord, [DesiredState]) {
         try await writer.write { db in
             guard var record = try ClusterRecord.fetchOne(db, key: name.rawValue) else {
                 throw TetherError(.notFound, "cluster '\(name)' not found")
             }
             for (key, value) in changes { record.labels[key] = value }
             try record.update(db)
-            return (record, try recompile(db, now: now, only: name.rawValue))
+            let changed = try recompile(db, now: now, only: name.rawValue)
+            try Self.appendHub(audit.map { HubEvent(event: $0, at: now) }, db)
+            return (record, changed)
         }
     }
 

@@ -63,26 +63,31 @@ extension HubCore {
     /// the action itself already happened. Awaited by callers, so an action is in
     /// the log before the caller answers.
     func audit(_ action: HubAction) async {
-            do {
-                let now = clock.now()
-                let time = AuditTime.format(now)
-                var event: [String: Any] = [
-                    "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
-                    "auditID": UUID().uuidString.lowercased(), "stage": "ResponseComplete",
-                    "verb": action.verb, "user": ["username": action.user],
-                    "objectRef": ["resource": action.resource, "name": action.name, "apiGroup": "tether.dev", "apiVersion": "v1"]
-                        .compactMapValues { $0 },
-                    "responseStatus": ["code": action.code] as [String: Any],
-                    "requestReceivedTimestamp": time, "stageTimestamp": time,
-                    "userAgent": "tether-hub/\(TetherVersion.current)",
-                ]
-                if let ip = action.sourceIP { event["sourceIPs"] = [ip] }
-                if let message = action.message { event["annotations"] = ["tether.dev/message": message] }
-                let raw = try JSONSerialization.data(withJSONObject: event, options: [.sortedKeys, .withoutEscapingSlashes])
-                try await database.appendHubAudit(try IndexedAuditEvent(raw: raw), now: now)
-            } catch {
-                logger.error("cannot record hub action in the audit log", metadata: ["action": "\(action.verb) \(action.resource)", "error": "\(error)"])
-            }
+        do {
+            try await database.appendHubAudit(try auditEvent(action, at: clock.now()), now: clock.now())
+        } catch {
+            logger.error("cannot record hub action in the audit log", metadata: ["action": "\(action.verb) \(action.resource)", "error": "\(error)"])
+        }
+    }
+
+    /// The audit event for one of the hub's own actions, for a store call that
+    /// writes it in the same transaction as the change itself.
+    func auditEvent(_ action: HubAction, at now: Date) throws -> IndexedAuditEvent {
+        let time = AuditTime.format(now)
+        var event: [String: Any] = [
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+            "auditID": UUID().uuidString.lowercased(), "stage": "ResponseComplete",
+            "verb": action.verb, "user": ["username": action.user],
+            "objectRef": ["resource": action.resource, "name": action.name, "apiGroup": "tether.dev", "apiVersion": "v1"]
+                .compactMapValues { $0 },
+            "responseStatus": ["code": action.code] as [String: Any],
+            "requestReceivedTimestamp": time, "stageTimestamp": time,
+            "userAgent": "tether-hub/\(TetherVersion.current)",
+        ]
+        if let ip = action.sourceIP { event["sourceIPs"] = [ip] }
+        if let message = action.message { event["annotations"] = ["tether.dev/message": message] }
+        let raw = try JSONSerialization.data(withJSONObject: event, options: [.sortedKeys, .withoutEscapingSlashes])
+        return try IndexedAuditEvent(raw: raw)
     }
 }
 

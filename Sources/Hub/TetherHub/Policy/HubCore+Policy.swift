@@ -5,34 +5,39 @@ import Shared
 extension HubCore {
     /// Stores bundles and pushes the resulting desired states to connected agents.
     func applyBundles(_ bundles: [PolicyBundle], by caller: Caller = .operator) async throws -> [DesiredState] {
+        let checking = ContinuousClock.now
         try await refuseBorrowedPrivilege(bundles)
         let started = ContinuousClock.now
-        let changed = try await database.applyBundles(bundles, now: clock.now())
+        let now = clock.now()
+        let records = try bundles.map { bundle in
+            try auditEvent(HubAction(verb: "apply", resource: "policybundles", name: bundle.name, user: caller.user, code: 200,
+                                     sourceIP: caller.address, message: "\(bundle.resources.count) objects"), at: now)
+        }
+        let changed = try await database.applyBundles(bundles, now: now, audit: records)
         let stored = ContinuousClock.now
         publish(changed)
         logger.info("policy applied", metadata: [
             "bundles": "\(bundles.map(\.name).joined(separator: ","))", "clustersChanged": "\(changed.count)",
-            "compileAndStoreMs": "\(Int((stored - started).seconds * 1000))", "publishMs": "\(Int((ContinuousClock.now - stored).seconds * 1000))"])
-        for bundle in bundles {
-            await audit(HubAction(verb: "apply", resource: "policybundles", name: bundle.name, user: caller.user, code: 200, sourceIP: caller.address,
-                            message: "\(bundle.resources.count) objects"))
-        }
+            "checkMs": "\(Int((started - checking).seconds * 1000))", "compileAndStoreMs": "\(Int((stored - started).seconds * 1000))", "publishMs": "\(Int((ContinuousClock.now - stored).seconds * 1000))"])
         return changed
     }
 
     func deleteBundle(_ name: String, by caller: Caller = .operator) async throws -> [DesiredState] {
-        let changed = try await database.deleteBundle(name, now: clock.now())
+        let now = clock.now()
+        let record = try auditEvent(HubAction(verb: "delete", resource: "policybundles", name: name, user: caller.user, code: 200,
+                                              sourceIP: caller.address), at: now)
+        let changed = try await database.deleteBundle(name, now: now, audit: [record])
         publish(changed)
-        await audit(HubAction(verb: "delete", resource: "policybundles", name: name, user: caller.user, code: 200, sourceIP: caller.address))
         return changed
     }
 
     func relabelCluster(_ name: ClusterName, changes: [String: String?], by caller: Caller = .operator) async throws -> ClusterRecord {
         for case let (key, value?) in changes { try LabelRules.validate(key: key, value: value) }
-        let (record, changed) = try await database.relabelCluster(name, changes: changes, now: clock.now())
+        let now = clock.now()
+        let action = HubAction(verb: "patch", resource: "clusters", name: name.rawValue, user: caller.user, code: 200, sourceIP: caller.address,
+                               message: "labels " + changes.map { "\($0.key)=\($0.value ?? "-")" }.sorted().joined(separator: ","))
+        let (record, changed) = try await database.relabelCluster(name, changes: changes, now: now, audit: [try auditEvent(action, at: now)])
         publish(changed)
-        await audit(HubAction(verb: "patch", resource: "clusters", name: name.rawValue, user: caller.user, code: 200, sourceIP: caller.address,
-                        message: "labels " + changes.map { "\($0.key)=\($0.value ?? "-")" }.sorted().joined(separator: ",")))
         return record
     }
 
