@@ -111,6 +111,7 @@ package final class HubDatabase: Sendable {
                 t.add(column: "enrolledCertificate", .text)
             }
         }
+        registerAccessMigrations(&m)
         return m
     }
 

@@ -20,6 +20,8 @@ public struct TetherError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let clusterRevoked = Code("cluster-revoked")
         public static let certificateExpired = Code("certificate-expired")
         public static let unauthenticated = Code("unauthenticated")
+        /// Authenticated, but no grant reaches what was asked for.
+        public static let permissionDenied = Code("permission-denied")
         public static let protocolMismatch = Code("protocol-mismatch")
         /// A message the protocol does not allow at this point (not Hello first).
         public static let outOfOrder = Code("out-of-order")

@@ -15,7 +15,7 @@ extension TetherError {
         case .notFound: status = .notFound
         case .alreadyExists: status = .alreadyExists
         case .tokenUnknown, .tokenUsed, .tokenExpired, .tokenRevoked, .unauthenticated, .certificateExpired: status = .unauthenticated
-        case .clusterRevoked: status = .permissionDenied
+        case .clusterRevoked, .permissionDenied: status = .permissionDenied
         case .protocolMismatch, .outOfOrder: status = .failedPrecondition
         case .unavailable: status = .unavailable
         default: status = .internalError

@@ -32,6 +32,7 @@ enum AdminServer {
             .add(middleware: AuditReadsMiddleware(core: core))
         addAuditRoutes(to: v1, core: core)
         addPolicyRoutes(to: v1, core: core)
+        addAccessRoutes(to: v1, core: core)
         v1.post("clusters") { request, context -> Response in
             let body = try await request.decode(as: AddClusterRequest.self, context: context)
             let record = try await core.addCluster(try ClusterName(body.name), labels: body.labels ?? [:])
@@ -137,7 +138,8 @@ struct APIError: HTTPResponseError {
         switch error.code {
         case .invalidArgument, .badCSR, .malformedJoinString: .badRequest
         case .notFound: .notFound
-        case .alreadyExists, .tokenUsed, .clusterRevoked: .conflict
+        case .alreadyExists, .tokenUsed, .clusterRevoked, .conflict: .conflict
+        case .permissionDenied: .forbidden
         case .unauthenticated: .unauthorized
         case .unavailable: .serviceUnavailable
         case .payloadTooLarge: .contentTooLarge

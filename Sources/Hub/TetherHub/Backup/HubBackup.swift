@@ -14,6 +14,8 @@ enum HubBackup {
     static let files: [(name: String, mode: Int, required: Bool)] = [
         ("ca.crt", 0o644, true), ("ca.key", 0o600, true), ("hub.crt", 0o644, true), ("hub.key", 0o600, true),
         ("admin-credentials.json", 0o600, false),
+        // Not required: backups made before sessions existed have none.
+        ("session.key", 0o600, false),
     ]
 
     struct Manifest: Codable {

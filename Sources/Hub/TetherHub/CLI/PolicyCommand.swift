@@ -20,22 +20,7 @@ struct PolicyCommand: AsyncParsableCommand {
         @OptionGroup var admin: AdminOptions
 
         func run() async throws {
-            var files: [AdminServer.ApplyRequest.File] = []
-            var isDir: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: filename, isDirectory: &isDir) else {
-                throw ValidationError("\(filename) does not exist")
-            }
-            let paths = isDir.boolValue
-                ? try FileManager.default.contentsOfDirectory(atPath: filename).filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }.sorted()
-                    .map { (filename as NSString).appendingPathComponent($0) }
-                : [filename]
-            guard !paths.isEmpty else { throw ValidationError("no .yaml or .yml files in \(filename)") }
-            for path in paths {
-                guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                    throw TetherError(.invalidArgument, "\(path): cannot read it as UTF-8 text")
-                }
-                files.append(.init(name: path, yaml: text))
-            }
+            let files = try YAMLFiles.read(filename)
             let result: AdminServer.ApplyResult = try await admin.client().call(.POST, "/v1/policies", body: AdminServer.ApplyRequest(files: files))
             for bundle in result.bundles { print("policybundle/\(bundle) applied") }
             for changed in result.changedClusters { print("  cluster \(changed.cluster) -> revision \(changed.revision)") }
@@ -122,6 +107,28 @@ struct PolicyCommand: AsyncParsableCommand {
                      $0.lastDrift.map { "\($0.object) at \(Table.date($0.at)): \($0.action)" } ?? "-", $0.message ?? ""]
                 }))
             }
+        }
+    }
+}
+
+/// The files `-f FILE|DIR` names: one file, or the .yaml/.yml files of a directory
+/// in name order, each read as UTF-8 text.
+enum YAMLFiles {
+    static func read(_ filename: String) throws -> [AdminServer.ApplyRequest.File] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: filename, isDirectory: &isDir) else {
+            throw ValidationError("\(filename) does not exist")
+        }
+        let paths = isDir.boolValue
+            ? try FileManager.default.contentsOfDirectory(atPath: filename).filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".yml") }.sorted()
+                .map { (filename as NSString).appendingPathComponent($0) }
+            : [filename]
+        guard !paths.isEmpty else { throw ValidationError("no .yaml or .yml files in \(filename)") }
+        return try paths.map { path in
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw TetherError(.invalidArgument, "\(path): cannot read it as UTF-8 text")
+            }
+            return .init(name: path, yaml: text)
         }
     }
 }

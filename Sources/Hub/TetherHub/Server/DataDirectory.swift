@@ -14,6 +14,8 @@ struct DataDirectory {
     let ca: CertificateAuthority
     let servingCertificate: Certificate
     let servingKeyPEM: String
+    /// Signs people's session credentials (`session.key`, 32 random bytes, 0600).
+    let sessionKey: SymmetricKey
 
     var databasePath: String { path + "/hub.db" }
     var credentialsPath: String { path + "/admin-credentials.json" }
@@ -82,12 +84,28 @@ struct DataDirectory {
             servingKeyPEM = key.pemRepresentation
             logger.info("issued hub serving certificate", metadata: ["names": "\(advertise.joined(separator: ","))"])
         }
-        return DataDirectory(path: path, ca: ca, servingCertificate: serving!, servingKeyPEM: servingKeyPEM!)
+        return DataDirectory(path: path, ca: ca, servingCertificate: serving!, servingKeyPEM: servingKeyPEM!,
+                             sessionKey: try loadSessionKey(path + "/session.key", logger: logger))
+    }
+
+    /// Reads the session signing key, making it on first start. A key file that is
+    /// there but damaged is refused: a new key would end every session without a word.
+    static func loadSessionKey(_ path: String, logger: Logger) throws -> SymmetricKey {
+        if let text = try? String(contentsOfFile: path, encoding: .utf8) {
+            guard let bytes = Base64URL.decode(text.trimmingCharacters(in: .whitespacesAndNewlines)), bytes.count == 32 else {
+                throw TetherError(.storage, "\(path) is not a session key (32 bytes, base64url); restore it from a backup, or delete it to end every session")
+            }
+            return SymmetricKey(data: bytes)
+        }
+        let key = SymmetricKey(size: .bits256)
+        try writeSecret(Base64URL.encode(key.withUnsafeBytes { Array($0) }) + "\n", to: path)
+        logger.info("created session signing key", metadata: ["path": "\(path)"])
+        return key
     }
 
     /// The files that hold secrets: the CA's and the hub's private keys and the
     /// operator's bearer token.
-    static let secretFiles = ["ca.key", "hub.key", "admin-credentials.json"]
+    static let secretFiles = ["ca.key", "hub.key", "admin-credentials.json", "session.key"]
 
     /// Refuses a data dir that belongs to another user: this process would either
     /// fail half-way through writing to it, or (as root) leave files its real owner

@@ -36,8 +36,13 @@ final class HubCore: Sendable {
     /// Test hook only: injected audit ingest failures (see `AuditIngestFaults`).
     let auditIngestFaults = AuditIngestFaults()
 
-    init(database: HubDatabase, ca: CertificateAuthority, settings: HubSettings, clock: HubClock, metrics: HubMetrics, logger: Logger) {
+    /// Signs and checks people's session credentials (`SessionCredential`).
+    let sessionKey: SymmetricKey
+
+    init(database: HubDatabase, ca: CertificateAuthority, settings: HubSettings, clock: HubClock, metrics: HubMetrics, logger: Logger,
+         sessionKey: SymmetricKey = SymmetricKey(size: .bits256)) {
         self.database = database
+        self.sessionKey = sessionKey
         self.ca = ca
         self.settings = settings
         self.clock = clock

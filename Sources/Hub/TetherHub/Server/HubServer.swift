@@ -54,7 +54,8 @@ final class HubServer: Sendable {
             certificateLifetime: configuration.certificateLifetime,
             heartbeatInterval: configuration.heartbeatInterval,
             joinHost: configuration.advertise[0])
-        let core = HubCore(database: database, ca: directory.ca, settings: settings, clock: clock, metrics: HubMetrics(), logger: logger)
+        let core = HubCore(database: database, ca: directory.ca, settings: settings, clock: clock, metrics: HubMetrics(), logger: logger,
+                           sessionKey: directory.sessionKey)
         self.core = core
         self.directory = directory
 
