@@ -40,7 +40,7 @@ struct AuditBenchmark {
 
         // Hub and agent, as processes.
         let hub = try Child(bin + "/tether-hub", ["serve", "--data-dir", work + "/hub", "--listen", "127.0.0.1:0",
-                                                   "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1", "--log-level", "notice"])
+                                                   "--admin-listen", "127.0.0.1:0", "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1", "--log-level", "notice"])
         defer { hub.kill() }
         let ready = try await hub.waitFor("hub ready")
         let credentials = work + "/hub/admin-credentials.json"

@@ -289,7 +289,7 @@ struct HubProcess {
         hub.executableURL = URL(fileURLWithPath: bin + "/tether-hub")
         // TETHER_BENCH_HUB_LOG=FILE keeps the hub's info log (timings of each apply).
         let log = ProcessInfo.processInfo.environment["TETHER_BENCH_HUB_LOG"]
-        hub.arguments = ["serve", "--data-dir", dataDir, "--listen", listen, "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
+        hub.arguments = ["serve", "--data-dir", dataDir, "--listen", listen, "--admin-listen", "127.0.0.1:0", "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
                          "--log-level", log == nil ? "error" : "info"]
             + (heartbeat.map { ["--heartbeat-interval", $0] } ?? [])
         if let log, FileManager.default.fileExists(atPath: log) || FileManager.default.createFile(atPath: log, contents: nil),

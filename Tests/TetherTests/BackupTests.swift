@@ -168,7 +168,7 @@ import Testing
             let clusters = try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [[String: Any]] ?? []
             return clusters.first { $0["name"] as? String == cluster }?["status"] as? String
         }
-        let hub = try ChildProcess(hubBinary, ["serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1"])
+        let hub = try ChildProcess(hubBinary, ["serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1"])
         try await hub.waitForOutput(containing: "hub ready")
         #expect(try await cli(data, "cluster", "add", "prod-eu").status == 0)
         let token = try await cli(data, "token", "create", "--cluster", "prod-eu")
@@ -194,7 +194,7 @@ import Testing
 
         // The same listener address; the agent reconnects with the certificate it holds.
         let restored = try ChildProcess(hubBinary, ["serve", "--data-dir", dir.sub("restored"), "--listen", "127.0.0.1:\(join.hub.port)",
-                                                    "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1"])
+                                                    "--admin-listen", "127.0.0.1:0", "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1"])
         try await restored.waitForOutput(containing: "hub ready")
         try await eventually(timeout: .seconds(40), "online after restore") { try await status(dir.sub("restored"), "prod-eu") == "online" }
         #expect(try await status(dir.sub("restored"), "after-backup") == nil)

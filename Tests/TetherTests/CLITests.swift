@@ -31,7 +31,7 @@ import Testing
         }
 
         let hub = try ChildProcess(hubBinary, [
-            "serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
+            "serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
         ])
         try await hub.waitForOutput(containing: "hub ready")
 

@@ -38,6 +38,7 @@ final class TestHub: Sendable {
         config.dataDirectory = dataDir
         config.listen = HostPort(host: "127.0.0.1", port: listenPort)
         config.adminListen = HostPort(host: "127.0.0.1", port: 0)
+        config.accessListen = HostPort(host: "127.0.0.1", port: 0)
         config.advertise = ["127.0.0.1"]
         config.certificateLifetime = certificateLifetime
         config.heartbeatInterval = heartbeatInterval

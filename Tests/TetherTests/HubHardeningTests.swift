@@ -132,7 +132,7 @@ import Testing
     /// (a hub that starts instead fails the wait) and returns its status and output.
     static func refusedServe(dataDir: String) async throws -> (status: Int32, output: String) {
         let child = try ChildProcess(try ChildProcess.binary("tether-hub"), [
-            "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
+            "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
         ])
         try await eventually(timeout: .seconds(30), "the second hub to exit; it printed:\n\(child.output)") { !child.process.isRunning }
         let status = await child.waitForExit()
@@ -145,7 +145,7 @@ import Testing
 
     static func serve(_ dataDir: String) throws -> ChildProcess {
         try ChildProcess(try ChildProcess.binary("tether-hub"), [
-            "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
+            "serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1",
         ])
     }
 

@@ -317,7 +317,7 @@ class Hub:
         self.data = os.path.join(directory, "tether-data")
         self.process = subprocess.Popen(
             [os.path.join(BIN, "tether-hub"), "serve", "--data-dir", self.data, "--listen", "127.0.0.1:0",
-             "--admin-listen", "127.0.0.1:0", "--advertise", "127.0.0.1"],
+             "--admin-listen", "127.0.0.1:0", "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         for line in self.process.stderr:

@@ -23,6 +23,9 @@ extension AdminServer {
         var credential: String
         /// The AccessRole whose maxSessionDuration shortened the session, if any.
         var cappedBy: String?
+        /// The access listener's URL (nil: the hub runs without one) and its CA.
+        var hub: String?
+        var caCertificate: String?
     }
 
     struct RevokeSessionsRequest: Codable {
@@ -72,7 +75,9 @@ extension AdminServer {
             let body = try await request.decode(as: CreateSessionRequest.self, context: context)
             let ttl = try body.ttlSeconds.map { try DurationParser.duration(seconds: $0, field: "ttlSeconds") }
             let (session, credential, cappedBy) = try await core.createSession(user: body.user, groups: body.groups ?? [], ttl: ttl)
-            return try json(CreatedSession(session: SessionView(session), credential: credential, cappedBy: cappedBy), status: .created)
+            let endpoint = await core.accessEndpoint.value
+            return try json(CreatedSession(session: SessionView(session), credential: credential, cappedBy: cappedBy,
+                                           hub: endpoint?.url, caCertificate: endpoint?.caCertificate), status: .created)
         }
         v1.get("sessions") { request, _ -> Response in
             try json(try await core.sessionViews(includeEnded: request.uri.queryParameters["all"] == "true"))

@@ -164,6 +164,9 @@ struct SessionCommand: AsyncParsableCommand {
         var groups: [String] = []
         @Option(help: ArgumentHelp("How long the session lasts, e.g. 30m, 8h (default 8h, at most 24h).", valueName: "duration"))
         var ttl: String?
+        @Option(name: .shortAndLong, help: ArgumentHelp(
+            "Write a session file (0600) for `tether-hub kubeconfig --session FILE` instead of printing the credential.", valueName: "path"))
+        var output: String?
         @OptionGroup var admin: AdminOptions
 
         func validate() throws {
@@ -177,10 +180,20 @@ struct SessionCommand: AsyncParsableCommand {
             let created: AdminServer.CreatedSession = try await admin.client().call(
                 .POST, "/v1/sessions",
                 body: AdminServer.CreateSessionRequest(user: user, groups: groups, ttlSeconds: try ttl.map { try DurationParser.parse($0).seconds }))
-            print(created.credential)
+            if let output {
+                guard let hub = created.hub else {
+                    throw TetherError(.unavailable, "the hub runs without an access listener (serve --access-listen none); a session file needs one")
+                }
+                try SessionFile(hub: hub, user: created.session.user, credential: created.credential, expiresAt: created.session.expiresAt,
+                                caCertificate: created.caCertificate).write(to: output)
+                FileHandle.standardError.write(Data("wrote the session to \(output)\n".utf8))
+            } else {
+                print(created.credential)
+            }
             var note = "session \(created.session.id) for \(created.session.user), expires \(Table.date(created.session.expiresAt))"
             if let cappedBy = created.cappedBy { note += " (shortened by accessrole/\(cappedBy) maxSessionDuration)" }
-            FileHandle.standardError.write(Data((note + "\nthe credential above is shown once; the hub keeps only the session's record\n").utf8))
+            if output == nil { note += "\nthe credential above is shown once; the hub keeps only the session's record" }
+            FileHandle.standardError.write(Data((note + "\n").utf8))
         }
     }
 

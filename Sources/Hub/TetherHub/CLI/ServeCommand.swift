@@ -28,6 +28,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Admin HTTPS API, /healthz, /readyz and /metrics.", valueName: "host:port"))
     var adminListen = "127.0.0.1:9443"
 
+    @Option(help: ArgumentHelp("Access listener: kubectl through the hub (/clusters/NAME/...), HTTPS; 'none' to disable.", valueName: "host:port"))
+    var accessListen = "0.0.0.0:7443"
+
+    @Option(help: ArgumentHelp("Certificate chain (PEM) for the access listener instead of the hub's own (with --access-tls-key).", valueName: "path"))
+    var accessTlsCert: String?
+
+    @Option(help: ArgumentHelp("Private key (PEM) for --access-tls-cert.", valueName: "path"))
+    var accessTlsKey: String?
+
     @Option(help: ArgumentHelp(
         "Name or IP agents dial; repeat for several. The first goes into join strings. Default: this host's name, localhost and 127.0.0.1.",
         valueName: "host"))
@@ -54,6 +63,15 @@ struct ServeCommand: AsyncParsableCommand {
         config.dataDirectory = dataDir
         config.listen = try HostPort(parsing: listen)
         config.adminListen = try HostPort(parsing: adminListen)
+        config.accessListen = accessListen == "none" ? nil : try HostPort(parsing: accessListen)
+        guard (accessTlsCert == nil) == (accessTlsKey == nil) else {
+            throw ValidationError("--access-tls-cert and --access-tls-key go together")
+        }
+        for path in [accessTlsCert, accessTlsKey].compactMap({ $0 }) where !FileManager.default.isReadableFile(atPath: path) {
+            throw ValidationError("\(path) does not exist or cannot be read")
+        }
+        config.accessTLSCertificate = accessTlsCert
+        config.accessTLSKey = accessTlsKey
         if !advertise.isEmpty {
             config.advertise = advertise.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }
         }

@@ -15,7 +15,7 @@ package struct TetherHubCommand: AsyncParsableCommand {
             (default ./tether-data/admin-credentials.json).
             """,
         version: TetherVersion.current,
-        subcommands: [ServeCommand.self, ClusterCommand.self, TokenCommand.self, PolicyCommand.self, AccessCommand.self, SessionCommand.self, AuditCommand.self, BackupCommand.self, RestoreCommand.self]
+        subcommands: [ServeCommand.self, ClusterCommand.self, TokenCommand.self, PolicyCommand.self, AccessCommand.self, SessionCommand.self, KubeconfigCommand.self, AuditCommand.self, BackupCommand.self, RestoreCommand.self]
     )
 }
 

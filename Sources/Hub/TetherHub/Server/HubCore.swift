@@ -33,6 +33,9 @@ final class HubCore: Sendable {
     let presence: PresenceRecorder
     /// Where join strings send agents; set once the agent listener is bound.
     let joinAddress = AsyncValue<HostPort>()
+    /// The access listener as people's kubeconfigs name it (nil: no listener); set
+    /// once it is bound.
+    let accessEndpoint = AsyncValue<AccessEndpoint?>()
     /// Test hook only: injected audit ingest failures (see `AuditIngestFaults`).
     let auditIngestFaults = AuditIngestFaults()
 
@@ -177,6 +180,13 @@ final class HubCore: Sendable {
 }
 
 /// Who asked the hub to act, for its audit log.
+/// Where people reach the hub with kubectl, and the CA to trust it by (nil when the
+/// listener serves an operator's certificate that clients already trust).
+struct AccessEndpoint: Sendable, Equatable {
+    var url: String
+    var caCertificate: String?
+}
+
 struct Caller: Sendable {
     var user: String
     var address: String?

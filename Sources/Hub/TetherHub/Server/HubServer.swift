@@ -14,6 +14,11 @@ struct HubConfiguration: Sendable {
     var dataDirectory = "./tether-data"
     var listen = HostPort(host: "0.0.0.0", port: 8443)
     var adminListen = HostPort(host: "127.0.0.1", port: 9443)
+    /// The access listener (kubectl through the hub); nil: none.
+    var accessListen: HostPort? = HostPort(host: "0.0.0.0", port: 7443)
+    /// A certificate and key (PEM) the access listener serves instead of the hub's own.
+    var accessTLSCertificate: String?
+    var accessTLSKey: String?
     /// Names and addresses agents dial; the serving certificate covers all of them
     /// and join strings carry the first.
     var advertise: [String] = HubConfiguration.defaultAdvertise
@@ -80,9 +85,11 @@ final class HubServer: Sendable {
                     try await directory.writeCredentials(server: server, database: database, now: clock.now())
                     adminAddress.set(bound)
                     _ = await gateway.boundAddress.value
+                    let access = await core.accessEndpoint.value?.url ?? "off"
                     readiness.set(true)
                     logger.notice("hub ready", metadata: [
                         "admin": "\(server)", "agents": "\(core.joinAddress.current.map { "\($0)" } ?? "?")",
+                        "access": "\(access)",
                         "credentials": "\(directory.credentialsPath)",
                         "caFingerprint": "\((try? PKI.fingerprint(directory.ca.certificate)) ?? "?")",
                     ])
@@ -92,11 +99,34 @@ final class HubServer: Sendable {
             },
             logger: logger)
 
-        group = ServiceGroup(configuration: .init(
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             // Presence first: it stops last, after the channels whose last sightings it writes.
-            services: [.init(service: core.presence),
-                       .init(service: AuditRetentionService(core: core, retention: configuration.auditRetention)),
-                       .init(service: admin), .init(service: gateway)],
+            .init(service: core.presence),
+            .init(service: AuditRetentionService(core: core, retention: configuration.auditRetention)),
+            .init(service: admin), .init(service: gateway),
+        ]
+        if let accessListen = configuration.accessListen {
+            let access = Application(
+                router: AccessProxy.makeRouter(core: core),
+                server: .guardedTLS(try AccessProxy.tlsConfiguration(directory: directory, certificate: configuration.accessTLSCertificate,
+                                                                    key: configuration.accessTLSKey),
+                                    guard: core.metrics.connectionGuard(listener: "access", limits: configuration.connectionLimits, logger: logger),
+                                    // Watches and log follows stay open without a byte for long stretches.
+                                    idleTimeout: .hours(24)),
+                configuration: .init(address: .hostname(accessListen.host, port: accessListen.port), serverName: "tether-hub"),
+                onServerRunning: { channel in
+                    let port = channel.localAddress?.port ?? accessListen.port
+                    core.accessEndpoint.set(AccessEndpoint(
+                        url: "https://\(HostPort(host: configuration.advertise[0], port: port))",
+                        caCertificate: configuration.accessTLSCertificate == nil ? try? PKI.pem(directory.ca.certificate) : nil))
+                },
+                logger: logger)
+            services.append(.init(service: access))
+        } else {
+            core.accessEndpoint.set(nil)
+        }
+        group = ServiceGroup(configuration: .init(
+            services: services,
             gracefulShutdownSignals: signals,
             cancellationSignals: [],
             logger: logger))

@@ -1,0 +1,185 @@
+import Foundation
+import Hummingbird
+import HubStore
+import NIOCore
+import NIOSSL
+import HTTPTypes
+import Shared
+
+/// The access listener's front door: Kubernetes API paths under `/clusters/NAME/`
+/// with a session credential as the bearer token, and `/tether/v1/…` for the CLI
+/// (`kubeconfig`, `whoami`). Nothing leaves the hub before the session and the
+/// person's roles on the cluster are checked; every refusal is a Kubernetes
+/// `Status` that kubectl prints as it prints the API server's own.
+enum AccessProxy {
+    /// The Kubernetes API methods kubectl uses.
+    static let methods: [HTTPRequest.Method] = [.get, .post, .put, .patch, .delete, .head, .options]
+
+    /// TLS 1.2+ with the hub's serving certificate, or an operator's own (for a
+    /// name people's machines already trust).
+    static func tlsConfiguration(directory: DataDirectory, certificate: String?, key: String?) throws -> TLSConfiguration {
+        guard let certificate, let key else { return try AdminServer.tlsConfiguration(directory: directory) }
+        let chain: [NIOSSLCertificate]
+        let privateKey: NIOSSLPrivateKey
+        do {
+            chain = try NIOSSLCertificate.fromPEMFile(certificate)
+        } catch {
+            throw TetherError(.invalidArgument, "--access-tls-cert \(certificate): cannot read a PEM certificate chain (\(error))")
+        }
+        do {
+            privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
+        } catch {
+            throw TetherError(.invalidArgument, "--access-tls-key \(key): cannot read a PEM private key (\(error))")
+        }
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(privateKey))
+        tls.minimumTLSVersion = .tlsv12
+        return tls
+    }
+
+    /// A cluster a person can reach, as `/tether/v1/clusters` lists it.
+    struct ReachableCluster: Codable, Sendable, Equatable {
+        var name: String
+        var labels: [String: String]
+        var status: ClusterView.Status
+        var grants: [String]
+    }
+
+    struct WhoAmI: Codable, Sendable {
+        var user: String
+        var groups: [String]
+        var session: String
+        var method: String
+        var expiresAt: Date
+    }
+
+    static func makeRouter(core: HubCore) -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: KubeStatusMiddleware())
+        router.get("/healthz") { _, _ in "ok\n" }
+        router.get("/tether/v1/whoami") { request, _ -> Response in
+            let session = try await authenticate(request, core: core)
+            return try AdminServer.json(WhoAmI(user: session.user, groups: session.groups, session: session.id, method: session.method,
+                                               expiresAt: session.expiresAt))
+        }
+        router.get("/tether/v1/clusters") { request, _ -> Response in
+            let session = try await authenticate(request, core: core)
+            return try AdminServer.json(try await reachableClusters(for: session, core: core))
+        }
+        for method in methods {
+            router.on("/clusters/:cluster/**", method: method) { request, context -> Response in
+                try await proxy(request, context: context, core: core)
+            }
+            router.on("/clusters/:cluster", method: method) { request, context -> Response in
+                try await proxy(request, context: context, core: core)
+            }
+        }
+        return router
+    }
+
+    /// The live session the request's bearer token names.
+    static func authenticate(_ request: Request, core: HubCore) async throws -> SessionRecord {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+            throw TetherError(.unauthenticated, "no session credential; run tether-hub kubeconfig (or log in) for a kubeconfig with one")
+        }
+        return try await core.authenticate(credential: String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces))
+    }
+
+    static func reachableClusters(for session: SessionRecord, core: HubCore) async throws -> [ReachableCluster] {
+        let roles = try await core.database.accessRoles().map(\.role)
+        return try await core.clusterViews().filter { $0.status != .revoked }.compactMap { cluster in
+            let decision = AccessDecision.evaluate(roles: roles, user: session.user, groups: session.groups, clusterLabels: cluster.labels)
+            guard decision.allowed else { return nil }
+            return ReachableCluster(name: cluster.name, labels: cluster.labels, status: cluster.status, grants: decision.grants.summary)
+        }
+    }
+
+    /// Checks in the order a person can act on: who they are (401), the cluster (404),
+    /// their roles there (403), the cluster being reachable (503).
+    static func proxy(_ request: Request, context: BasicRequestContext, core: HubCore) async throws -> Response {
+        let session = try await authenticate(request, core: core)
+        let clusterName = try context.parameters.require("cluster")
+        guard let name = try? ClusterName(clusterName), let cluster = try await core.database.cluster(name), cluster.revokedAt == nil else {
+            throw TetherError(.notFound, "cluster \"\(clusterName)\" is not registered at this hub (tether-hub kubeconfig lists the clusters you can reach)")
+        }
+        let decision = AccessDecision.evaluate(roles: try await core.database.accessRoles().map(\.role), user: session.user, groups: session.groups,
+                                               clusterLabels: cluster.labels)
+        guard decision.allowed else {
+            await core.audit(HubAction(verb: "connect", resource: "clusters", name: clusterName, user: session.user, code: 403,
+                                       sourceIP: nil, message: "no AccessRole grants \(session.user) access (session \(session.id))"))
+            throw TetherError(.permissionDenied, """
+                user "\(session.user)" cannot reach cluster "\(clusterName)": no AccessRole grants it to the user or their groups \
+                (an operator can see why with: tether-hub access explain \(session.user) \(clusterName))
+                """)
+        }
+        guard core.registry.isConnected(name) else {
+            let seen = core.presence.latest(name)?.at ?? cluster.lastSeen
+            throw TetherError(.unavailable, "cluster \(clusterName) is offline (last seen \(seen.map { AuditTime.format($0) } ?? "never"))")
+        }
+        throw TetherError(.notImplemented, "the tunnel to cluster \(clusterName) is not built yet in this hub (issue #12); access was granted")
+    }
+}
+
+extension TetherError.Code {
+    /// A part of the hub that is not built yet (501).
+    static let notImplemented = TetherError.Code("not-implemented")
+}
+
+/// Turns errors into a Kubernetes `Status` (kubectl prints its message the way it
+/// prints the API server's: `error: You must be logged in to the server (…)`,
+/// `Error from server (Forbidden): …`).
+struct KubeStatusMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as TetherError {
+            return KubeStatus.response(for: error)
+        } catch let error as HTTPResponseError where error.status == .notFound {
+            return KubeStatus.response(code: 404, reason: "NotFound", message: "the access listener serves /clusters/NAME/... (Kubernetes API paths) and /tether/v1/...")
+        } catch {
+            context.logger.error("access request failed", metadata: ["error": "\(error)"])
+            return KubeStatus.response(code: 500, reason: "InternalError", message: "internal error at the hub; see its log")
+        }
+    }
+}
+
+enum KubeStatus {
+    static func response(for error: TetherError) -> Response {
+        switch error.code {
+        case .unauthenticated: response(code: 401, reason: "Unauthorized", message: error.message)
+        case .permissionDenied: response(code: 403, reason: "Forbidden", message: error.message)
+        case .notFound: response(code: 404, reason: "NotFound", message: error.message)
+        case .invalidArgument: response(code: 400, reason: "BadRequest", message: error.message)
+        case .unavailable: response(code: 503, reason: "ServiceUnavailable", message: error.message)
+        case .notImplemented: response(code: 501, reason: "NotImplemented", message: error.message)
+        default: response(code: 500, reason: "InternalError", message: error.message)
+        }
+    }
+
+    /// An RFC 7234 warning (`299 - "text"`) with the text made safe for a header.
+    static func warning(_ message: String) -> String {
+        let text = message.unicodeScalars.map { scalar -> String in
+            switch scalar {
+            case "\"", "\\": "\\" + String(scalar)
+            case _ where scalar.value < 0x20 || scalar.value > 0x7e: "?"
+            default: String(scalar)
+            }
+        }.joined()
+        return "299 - \"\(text)\""
+    }
+
+    static func response(code: Int, reason: String, message: String) -> Response {
+        let body: [String: Any] = [
+            "kind": "Status", "apiVersion": "v1", "metadata": [String: Any](), "status": "Failure",
+            "message": message, "reason": reason, "code": code,
+        ]
+        let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if code == 401 { headers[.wwwAuthenticate] = "Bearer realm=\"tether\"" }
+        // kubectl prints a Status's message only for requests it makes after
+        // discovery; a refusal at discovery (/api, /apis) shows as its generic text
+        // ("the server is currently unable to handle the request"). It prints every
+        // Warning header, so the reason reaches the person either way.
+        headers[HTTPField.Name("Warning")!] = warning(message)
+        return Response(status: .init(code: code), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}

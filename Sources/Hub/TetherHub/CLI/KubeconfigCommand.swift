@@ -1,0 +1,185 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOSSL
+import Shared
+import Yams
+
+/// A person's session as the CLI keeps it (`session create --output FILE`, later
+/// `login`): where the hub's access listener is, the credential, and the CA that
+/// signs the listener's certificate (absent when it has a publicly trusted one).
+struct SessionFile: Codable, Sendable {
+    var hub: String
+    var user: String
+    var credential: String
+    var expiresAt: Date
+    var caCertificate: String?
+
+    static var defaultPath: String {
+        let home = ProcessInfo.processInfo.environment["HOME"] ?? FileManager.default.homeDirectoryForCurrentUser.path
+        return home + "/.config/tether/session.json"
+    }
+
+    static func read(_ path: String) throws -> SessionFile {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw TetherError(.notFound, "no session file at \(path); ask an operator for one (tether-hub session create --output FILE) or log in")
+        }
+        do {
+            return try JSONDecoder.tether.decode(SessionFile.self, from: data)
+        } catch {
+            throw TetherError(.invalidArgument, "\(path) is not a Tether session file: \(error)")
+        }
+    }
+
+    func write(to path: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
+        let encoder = JSONEncoder.tether
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try AtomicFile.write(try encoder.encode(self), to: path, mode: 0o600)
+    }
+
+    /// GETs a `/tether/v1/…` path of the access listener with the session.
+    func get<Response: Decodable>(_ path: String, as: Response.Type = Response.self) async throws -> Response {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        if let caCertificate { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(caCertificate.utf8))) }
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        do {
+            var request = HTTPClientRequest(url: hub + path)
+            request.headers.add(name: "Authorization", value: "Bearer \(credential)")
+            let response: HTTPClientResponse
+            do {
+                response = try await client.execute(request, timeout: .seconds(30))
+            } catch {
+                throw TetherError(.unavailable, "cannot reach the hub's access listener at \(hub): \(error)")
+            }
+            let data = Data(buffer: try await response.body.collect(upTo: 16 << 20))
+            guard response.status.code == 200 else {
+                let message = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["message"] as? String
+                throw TetherError(response.status.code == 401 ? .unauthenticated : .unavailable,
+                                  "the hub refused (\(response.status.code)): \(message ?? String(decoding: data.prefix(500), as: UTF8.self))")
+            }
+            try await client.shutdown()
+            return try JSONDecoder.tether.decode(Response.self, from: data)
+        } catch {
+            try? await client.shutdown()
+            throw error
+        }
+    }
+}
+
+/// `tether-hub kubeconfig`: a kubeconfig with a context per cluster the session reaches.
+struct KubeconfigCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kubeconfig",
+        abstract: "Write a kubeconfig with a context for every cluster your session can reach through the hub.",
+        discussion: """
+            Each context is named tether-CLUSTER; its server is the hub's access listener \
+            (https://HUB:7443/clusters/CLUSTER) with the hub's CA embedded, and its user is \
+            your session. Without --output or --merge the kubeconfig goes to stdout. The \
+            file holds your session credential: it is written 0600.
+            """)
+
+    @Option(help: ArgumentHelp("Session file (default ~/.config/tether/session.json, env TETHER_SESSION_FILE).", valueName: "path"))
+    var session: String?
+    @Option(name: .shortAndLong, help: ArgumentHelp("Write the kubeconfig to this file (replacing it).", valueName: "path"))
+    var output: String?
+    @Flag(help: "Add the contexts to ~/.kube/config (or $KUBECONFIG's first file), replacing only tether-* entries.")
+    var merge = false
+    @Option(help: ArgumentHelp("Only this cluster (repeatable).", valueName: "name"))
+    var cluster: [String] = []
+
+    func validate() throws {
+        if merge && output != nil { throw ValidationError("--merge and --output exclude each other") }
+    }
+
+    func run() async throws {
+        let path = session ?? ProcessInfo.processInfo.environment["TETHER_SESSION_FILE"] ?? SessionFile.defaultPath
+        let file = try SessionFile.read(path)
+        if file.expiresAt <= Date() {
+            throw TetherError(.unauthenticated, "the session in \(path) expired at \(Table.date(file.expiresAt)); get a new one (log in, or ask an operator)")
+        }
+        var clusters: [AccessProxy.ReachableCluster] = try await file.get("/tether/v1/clusters")
+        if !cluster.isEmpty {
+            for name in cluster where !clusters.contains(where: { $0.name == name }) {
+                throw TetherError(.notFound, "your session cannot reach cluster \(name) (or it does not exist)")
+            }
+            clusters = clusters.filter { cluster.contains($0.name) }
+        }
+        if clusters.isEmpty { FileHandle.standardError.write(Data("no AccessRole gives \(file.user) any cluster yet\n".utf8)) }
+        let fresh = Kubeconfig.document(for: file, clusters: clusters.map(\.name))
+        if merge {
+            let target = Kubeconfig.defaultPath
+            let merged = try Kubeconfig.merge(fresh, into: target)
+            try Kubeconfig.write(merged, to: target)
+            FileHandle.standardError.write(Data("merged \(clusters.count) contexts into \(target)\n".utf8))
+        } else if let output {
+            try Kubeconfig.write(fresh, to: output)
+            FileHandle.standardError.write(Data("wrote \(clusters.count) contexts to \(output)\n".utf8))
+        } else {
+            print(try Yams.dump(object: fresh), terminator: "")
+        }
+        for reachable in clusters {
+            FileHandle.standardError.write(Data("  tether-\(reachable.name): \(reachable.status.rawValue), \(reachable.grants.joined(separator: ", "))\n".utf8))
+        }
+    }
+}
+
+enum Kubeconfig {
+    static var defaultPath: String {
+        if let env = ProcessInfo.processInfo.environment["KUBECONFIG"], let first = env.split(separator: ":").first { return String(first) }
+        let home = ProcessInfo.processInfo.environment["HOME"] ?? FileManager.default.homeDirectoryForCurrentUser.path
+        return home + "/.kube/config"
+    }
+
+    static func userName(_ file: SessionFile) -> String {
+        let host = URL(string: file.hub)?.host ?? "hub"
+        return "tether-\(host)-\(file.user)"
+    }
+
+    static func document(for file: SessionFile, clusters: [String]) -> [String: Any] {
+        let user = userName(file)
+        var clusterEntry: [String: Any] = [:]
+        if let ca = file.caCertificate { clusterEntry["certificate-authority-data"] = Data(ca.utf8).base64EncodedString() }
+        return [
+            "apiVersion": "v1", "kind": "Config", "preferences": [String: Any](),
+            "current-context": clusters.first.map { "tether-\($0)" } ?? "",
+            "clusters": clusters.map { name -> [String: Any] in
+                var entry = clusterEntry
+                entry["server"] = file.hub + "/clusters/" + name
+                return ["name": "tether-\(name)", "cluster": entry]
+            },
+            "contexts": clusters.map { ["name": "tether-\($0)", "context": ["cluster": "tether-\($0)", "user": user]] },
+            "users": [["name": user, "user": ["token": file.credential]]],
+        ]
+    }
+
+    /// `fresh`'s entries added to the kubeconfig at `path`: entries named as Tether's
+    /// (tether-*) are replaced, every other entry and setting is kept as it was.
+    static func merge(_ fresh: [String: Any], into path: String) throws -> [String: Any] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8), !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+            return fresh
+        }
+        guard var existing = try Yams.load(yaml: text) as? [String: Any] else {
+            throw TetherError(.invalidArgument, "\(path) is not a kubeconfig (not a YAML mapping); nothing was changed")
+        }
+        for key in ["clusters", "contexts", "users"] {
+            let ours = fresh[key] as? [[String: Any]] ?? []
+            let names = Set(ours.compactMap { $0["name"] as? String })
+            let kept = (existing[key] as? [[String: Any]] ?? []).filter { !names.contains($0["name"] as? String ?? "") }
+            existing[key] = kept + ours
+        }
+        if (existing["current-context"] as? String ?? "").isEmpty { existing["current-context"] = fresh["current-context"] }
+        existing["apiVersion"] = existing["apiVersion"] ?? "v1"
+        existing["kind"] = existing["kind"] ?? "Config"
+        return existing
+    }
+
+    static func write(_ document: [String: Any], to path: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
+        try AtomicFile.write(Data(try Yams.dump(object: document).utf8), to: path, mode: 0o600)
+    }
+}
