@@ -34,6 +34,9 @@ public struct AuthorizationCheck: Sendable, Hashable, CustomStringConvertible {
     public var namespace: String?
     public var name: String?
     public var userAgent: String
+    /// Who the request authenticated as: `admin` (the emulator's own token) or
+    /// `system:serviceaccount:NS:NAME` (a TokenRequest token).
+    public var user: String = ""
 
     public var description: String {
         "\(verb) \(group.isEmpty ? "core" : group)/\(resource)\(subresource.map { "/" + $0 } ?? "") ns=\(namespace ?? "-") name=\(name ?? "-")"
@@ -69,24 +72,24 @@ final class APIHandler: Sendable {
 
     func handle(_ request: APIRequest) -> APIResponse {
         do {
-            try authenticate(request)
-            return try route(request)
+            let user = try authenticate(request)
+            return try route(request, user: user)
         } catch {
             return .json(error.code, error.status)
         }
     }
 
-    private func authenticate(_ request: APIRequest) throws(EmulatorError) {
+    private func authenticate(_ request: APIRequest) throws(EmulatorError) -> String {
         guard let header = request.authorization, header.hasPrefix("Bearer ") else { throw .unauthorized }
         let token = String(header.dropFirst(7))
-        if token == adminToken { return }
-        if store.state.withLock({ $0.tokens[token] != nil }) { return }
+        if token == adminToken { return "admin" }
+        if let user = store.state.withLock({ $0.tokens[token] }) { return user }
         throw .unauthorized
     }
 
     // MARK: routing
 
-    private func route(_ r: APIRequest) throws(EmulatorError) -> APIResponse {
+    private func route(_ r: APIRequest, user: String) throws(EmulatorError) -> APIResponse {
         let segments = r.path.split(separator: "/").map(String.init)
         if r.method == "GET", let doc = discovery[r.path.hasSuffix("/") && r.path.count > 1 ? String(r.path.dropLast()) : r.path] {
             return .raw(200, doc)
@@ -120,7 +123,8 @@ final class APIHandler: Sendable {
         default: verb = r.method.lowercased()
         }
         func authorize(_ verb: String) {
-            let check = AuthorizationCheck(verb: verb, group: group, resource: type.plural, subresource: subresource, namespace: namespace, name: name, userAgent: r.userAgent ?? "")
+            var check = AuthorizationCheck(verb: verb, group: group, resource: type.plural, subresource: subresource, namespace: namespace, name: name, userAgent: r.userAgent ?? "")
+            check.user = user
             authorizations.withLock { $0.append(check) }
         }
         authorize(verb)

@@ -24,6 +24,8 @@ package final class HubLink: Service, Sendable {
     let participants: [any ChannelParticipant]
     /// Applies the desired states the hub sends.
     let applier: any DesiredStateApplier
+    /// Carries people's requests that the hub tunnels to this cluster.
+    let forwarder: any TunnelForwarder
     /// What renewal schedules by (virtual in tests).
     let clock: any AgentClock
     /// The key this process enrolls with, the same on every attempt (see `Enroller`).
@@ -41,8 +43,9 @@ package final class HubLink: Service, Sendable {
 
     package init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics,
          participants: [any ChannelParticipant] = [], applier: any DesiredStateApplier = NoKubernetesApplier(),
-         clock: any AgentClock = SystemAgentClock()) {
+         forwarder: any TunnelForwarder = NoKubernetesForwarder(), clock: any AgentClock = SystemAgentClock()) {
         self.participants = participants
+        self.forwarder = forwarder
         self.clock = clock
         self.applier = applier
         self.store = store
@@ -186,13 +189,19 @@ package final class HubLink: Service, Sendable {
         let pendingKey = Locked<P256.Signing.PrivateKey?>(nil)
         let (desiredStates, desiredWriter) = AsyncStream.makeStream(of: Tether_V1_DesiredState.self, bufferingPolicy: .bufferingNewest(1))
         let (welcomes, welcomeWriter) = AsyncStream.makeStream(of: Tether_V1_Welcome.self, bufferingPolicy: .bufferingNewest(1))
+        let (tunnels, tunnelWriter) = AsyncStream.makeStream(of: Tether_V1_OpenTunnel.self)
         let supervisor = Locked(ChannelSupervisor())
         return try await withThrowingTaskGroup(of: Void.self) { group in
             defer { group.cancelAll() }
             group.addTask {
-                defer { welcomeWriter.finish() }
-                try await self.readMessages(messages, welcome: welcomeWriter, desired: desiredWriter, pendingKey: pendingKey, identity: identity)
+                defer {
+                    welcomeWriter.finish()
+                    tunnelWriter.finish()
+                }
+                try await self.readMessages(messages, welcome: welcomeWriter, desired: desiredWriter, tunnels: tunnelWriter, pendingKey: pendingKey,
+                                            identity: identity)
             }
+            group.addTask { await self.runTunnels(tunnels, client: client) }
             var welcomed = false
             for await welcome in welcomes {
                 welcomed = true
@@ -242,6 +251,7 @@ package final class HubLink: Service, Sendable {
         _ messages: RPCAsyncSequence<Tether_V1_HubMessage, any Error>,
         welcome: AsyncStream<Tether_V1_Welcome>.Continuation,
         desired: AsyncStream<Tether_V1_DesiredState>.Continuation,
+        tunnels: AsyncStream<Tether_V1_OpenTunnel>.Continuation,
         pendingKey: Locked<P256.Signing.PrivateKey?>,
         identity: Locked<AgentIdentity>
     ) async throws {
@@ -259,6 +269,8 @@ package final class HubLink: Service, Sendable {
             case .desired(let state):
                 // Only the newest matters: a later revision replaces one not yet applied.
                 desired.yield(state)
+            case .openTunnel(let open):
+                tunnels.yield(open)
             case .heartbeatAck, .none:
                 continue
             }

@@ -39,6 +39,7 @@ struct KubeResource: Hashable, Sendable {
 
     static let namespace = KubeResource(.namespace)
     static let secret = KubeResource(kind: "Secret", group: "", version: "v1", plural: "secrets", namespaced: true)
+    static let serviceAccount = KubeResource(kind: "ServiceAccount", group: "", version: "v1", plural: "serviceaccounts", namespaced: true)
     static let clusterRole = KubeResource(.clusterRole)
     static let role = KubeResource(.role)
     static let clusterRoleBinding = KubeResource(.clusterRoleBinding)

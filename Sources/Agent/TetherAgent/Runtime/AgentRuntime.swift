@@ -46,6 +46,7 @@ final class AgentRuntime: Sendable {
     let healthAddress = AsyncValue<SocketAddress>()
     let group: ServiceGroup
     let kubeClient: KubeClient?
+    let kubeForwarder: KubeForwarder?
 
     /// `clock`: what the channel schedules renewal by (tests pass a `ManualAgentClock`).
     init(configuration c: AgentConfiguration, logger: Logger, signals: [UnixSignal] = [], clock: any AgentClock = SystemAgentClock()) throws {
@@ -53,15 +54,22 @@ final class AgentRuntime: Sendable {
         let spool = try AuditSpool(directory: c.stateDirectory + "/audit-spool", limit: c.auditSpoolMax)
         let applier: any DesiredStateApplier
         let driftWatcher: DriftWatcher?
+        let tunnelForwarder: any TunnelForwarder
         if let connection = c.kubernetes {
             let client = try KubeClient(connection: connection)
             kubeClient = client
             let state = ReconcileState()
             applier = KubernetesApplier(client: client, logger: logger, state: state)
             driftWatcher = DriftWatcher(client: client, state: state, logger: logger)
+            let forwarder = try KubeForwarder(
+                connection: connection, accounts: JITAccounts(client: client, namespace: connection.namespace ?? "default", logger: logger), logger: logger)
+            tunnelForwarder = forwarder
+            kubeForwarder = forwarder
             logger.notice("applying policy to the Kubernetes API", metadata: ["server": "\(connection.server)"])
         } else {
             kubeClient = nil
+            kubeForwarder = nil
+            tunnelForwarder = NoKubernetesForwarder()
             driftWatcher = nil
             applier = NoKubernetesApplier()
             logger.warning("no Kubernetes API configured (not in a pod, no --kubeconfig): policy bundles will be reported as failed; the hub channel and audit keep running")
@@ -79,7 +87,7 @@ final class AgentRuntime: Sendable {
         forwarder.batchSize = c.auditForwardBatchSize
         let link = HubLink(
             store: store, joinString: c.joinString, logger: logger, metrics: metrics,
-            participants: [forwarder], applier: applier, clock: clock)
+            participants: [forwarder], applier: applier, forwarder: tunnelForwarder, clock: clock)
         self.metrics = metrics
         self.spool = spool
         self.link = link
@@ -142,9 +150,11 @@ final class AgentRuntime: Sendable {
             try await group.run()
         } catch {
             try? await kubeClient?.shutdown()
+            try? await kubeForwarder?.shutdown()
             throw error
         }
         try? await kubeClient?.shutdown()
+        try? await kubeForwarder?.shutdown()
     }
     func shutdown() async { await group.triggerGracefulShutdown() }
 }

@@ -115,7 +115,86 @@ enum AccessProxy {
             let seen = core.presence.latest(name)?.at ?? cluster.lastSeen
             throw TetherError(.unavailable, "cluster \(clusterName) is offline (last seen \(seen.map { AuditTime.format($0) } ?? "never"))")
         }
-        throw TetherError(.notImplemented, "the tunnel to cluster \(clusterName) is not built yet in this hub (issue #12); access was granted")
+        return try await forward(request, context: context, cluster: name, session: session, grants: decision.grants, core: core)
+    }
+
+    /// Request headers not carried to the cluster: the person's credential (the agent
+    /// uses the just-in-time account's), impersonation, and hop-by-hop headers.
+    static func carried(_ fields: HTTPFields) -> [(name: String, value: String)] {
+        let dropped: Set<String> = ["authorization", "connection", "keep-alive", "proxy-authorization", "te", "trailer", "transfer-encoding",
+                                    "upgrade", "host", "content-length", "cookie"]
+        return fields.compactMap { field in
+            let name = field.name.canonicalName
+            return dropped.contains(name) || name.hasPrefix("impersonate-") ? nil : (field.name.rawName, field.value)
+        }
+    }
+
+    /// Carries a granted request down the cluster's tunnel and streams the answer
+    /// back as it arrives (watches and log follows have no timeout).
+    static func forward(_ request: Request, context: BasicRequestContext, cluster: ClusterName, session: SessionRecord, grants: AccessGrants,
+                        core: HubCore) async throws -> Response {
+        let started = ContinuousClock.now
+        let prefix = "/clusters/\(cluster)"
+        let rest = String(request.uri.path.dropFirst(prefix.count))
+        let query = request.uri.query ?? ""
+        let path = (rest.isEmpty ? "/" : rest) + (query.isEmpty ? "" : "?" + query)
+        let tunnel = TunnelRequest(id: TunnelBroker.newID(), method: request.method.rawValue, path: path, headers: carried(request.headers),
+                                   session: session, grants: grants)
+        let streams = try await core.tunnels.open(tunnel.id, cluster: cluster, timeout: .seconds(10)) { core.registry.openTunnel(cluster, tunnel) }
+        do {
+            for try await chunk in request.body { await streams.toAgent.send(.body(chunk)) }
+            await streams.toAgent.send(.end(error: nil))
+        } catch {
+            await streams.toAgent.send(.end(error: "the client stopped sending the request body"))
+            streams.toAgent.finish()
+            throw error
+        }
+        var frames = streams.fromAgent.makeAsyncIterator()
+        let head: TunnelFrame?
+        do {
+            head = try await frames.next()
+        } catch {
+            streams.toAgent.finish()
+            throw TetherError(.unavailable, "the tunnel to cluster \(cluster) failed: \(error)")
+        }
+        guard case .response(let status, let headers)? = head else {
+            streams.toAgent.finish()
+            throw TetherError(.unavailable, "the agent of cluster \(cluster) ended the tunnel without an answer")
+        }
+        var fields = HTTPFields()
+        for header in headers {
+            guard let name = HTTPField.Name(header.name), !["content-length", "transfer-encoding", "connection"].contains(name.canonicalName) else { continue }
+            fields.append(HTTPField(name: name, value: header.value))
+        }
+        let method = request.method.rawValue
+        return Response(status: .init(code: status), headers: fields, body: ResponseBody { writer in
+            var bytes = 0
+            var outcome = "complete"
+            do {
+                loop: for try await frame in streams.fromAgent {
+                    switch frame {
+                    case .body(let chunk):
+                        bytes += chunk.readableBytes
+                        try await writer.write(chunk)
+                    case .end(let error):
+                        if let error { outcome = "agent: \(error)" }
+                        break loop
+                    case .response:
+                        continue
+                    }
+                }
+                try await writer.finish(nil)
+                streams.toAgent.finish()
+            } catch {
+                outcome = "ended early: \(error)"
+                await streams.toAgent.send(.end(error: "the client went away"))
+                streams.toAgent.finish()
+                streams.fromAgent.finish()
+            }
+            let ms = Int((ContinuousClock.now - started).seconds * 1000)
+            await core.audit(HubAction(verb: method.lowercased(), resource: "clusters/proxy", name: cluster.rawValue, user: session.user, code: status,
+                                       sourceIP: nil, message: "\(method) \(path) session \(session.id), \(bytes) bytes, \(ms) ms, \(outcome)"))
+        })
     }
 }
 

@@ -101,6 +101,8 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                     session.close(reason)
                 }, deliver: { state in
                     session.send(state, to: outbox)
+                }, openTunnel: { request in
+                    outbox.yield(.with { $0.openTunnel = Tether_V1_OpenTunnel(request) })
                 })
                 // A removal that raced this connection's interceptor check still wins.
                 guard try await core.database.standing(ofCertificate: serial) == .active else {

@@ -28,6 +28,8 @@ struct ConnectionTable {
         let close: @Sendable (TetherError) -> Void
         /// Hands the session the cluster's new desired state to send (links only).
         let deliver: @Sendable (DesiredState) -> Void
+        /// Asks the agent to open a tunnel for a request (links only).
+        let openTunnel: @Sendable (TunnelRequest) -> Void
         /// When the certificate the stream lives on runs out (as renewed on a link).
         let certificateDeadline: @Sendable () -> Date?
     }
@@ -44,12 +46,14 @@ struct ConnectionTable {
     mutating func register(
         _ cluster: ClusterName, stream: AgentStream, peer: String,
         close: @escaping @Sendable (TetherError) -> Void, deliver: @escaping @Sendable (DesiredState) -> Void,
+        openTunnel: @escaping @Sendable (TunnelRequest) -> Void = { _ in },
         certificateDeadline: @escaping @Sendable () -> Date?
     ) -> (id: UInt64, replaced: Registration?) {
         let id = nextID
         nextID += 1
         if stream == .link { linksOpened += 1 }
-        let registration = Registration(id: id, stream: stream, peer: peer, close: close, deliver: deliver, certificateDeadline: certificateDeadline)
+        let registration = Registration(id: id, stream: stream, peer: peer, close: close, deliver: deliver, openTunnel: openTunnel,
+                                        certificateDeadline: certificateDeadline)
         let replaced = clusters[cluster, default: [:]].updateValue(registration, forKey: stream)
         if stream == .link, replaced == nil { linkCount += 1 }
         return (id, replaced)
@@ -96,10 +100,12 @@ final class ConnectionRegistry: Sendable {
     func register(
         _ cluster: ClusterName, stream: AgentStream = .link, peer: String = "",
         certificateDeadline: @escaping @Sendable () -> Date? = { nil },
-        close: @escaping @Sendable (TetherError) -> Void, deliver: @escaping @Sendable (DesiredState) -> Void = { _ in }
+        close: @escaping @Sendable (TetherError) -> Void, deliver: @escaping @Sendable (DesiredState) -> Void = { _ in },
+        openTunnel: @escaping @Sendable (TunnelRequest) -> Void = { _ in }
     ) -> UInt64 {
         let (id, previous, count) = table.withLock { t in
-            let (id, previous) = t.register(cluster, stream: stream, peer: peer, close: close, deliver: deliver, certificateDeadline: certificateDeadline)
+            let (id, previous) = t.register(cluster, stream: stream, peer: peer, close: close, deliver: deliver, openTunnel: openTunnel,
+                                            certificateDeadline: certificateDeadline)
             return (id, previous, t.linkCount)
         }
         previous?.close(TetherError(.unavailable, "replaced by a newer \(stream.rawValue) stream from the same cluster"))
@@ -125,6 +131,13 @@ final class ConnectionRegistry: Sendable {
     /// Hands the cluster's link, if connected, its new desired state to send.
     func publish(_ cluster: ClusterName, _ state: DesiredState) {
         table.withLock { $0.registration(cluster, .link) }?.deliver(state)
+    }
+
+    /// Asks the cluster's link, if connected, to open a tunnel; false when there is none.
+    func openTunnel(_ cluster: ClusterName, _ request: TunnelRequest) -> Bool {
+        guard let link = table.withLock({ $0.registration(cluster, .link) }) else { return false }
+        link.openTunnel(request)
+        return true
     }
 
     /// Closes every stream: graceful shutdown.

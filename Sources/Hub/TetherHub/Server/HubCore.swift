@@ -36,6 +36,8 @@ final class HubCore: Sendable {
     /// The access listener as people's kubeconfigs name it (nil: no listener); set
     /// once it is bound.
     let accessEndpoint = AsyncValue<AccessEndpoint?>()
+    /// Proxied requests waiting for their agent's tunnel.
+    let tunnels = TunnelBroker()
     /// Test hook only: injected audit ingest failures (see `AuditIngestFaults`).
     let auditIngestFaults = AuditIngestFaults()
 

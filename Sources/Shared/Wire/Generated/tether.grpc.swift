@@ -381,10 +381,24 @@ public enum Tether_V1_AgentLink: Sendable {
                 type: .bidirectionalStreaming
             )
         }
+        /// Namespace for "Tunnel" metadata.
+        public enum Tunnel: Sendable {
+            /// Request type for "Tunnel".
+            public typealias Input = Tether_V1_TunnelFrame
+            /// Response type for "Tunnel".
+            public typealias Output = Tether_V1_TunnelFrame
+            /// Descriptor for "Tunnel".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "tether.v1.AgentLink"),
+                method: "Tunnel",
+                type: .bidirectionalStreaming
+            )
+        }
         /// Descriptors for all methods in the "tether.v1.AgentLink" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Connect.descriptor,
-            StreamAudit.descriptor
+            StreamAudit.descriptor,
+            Tunnel.descriptor
         ]
     }
 }
@@ -453,6 +467,28 @@ extension Tether_V1_AgentLink {
             request: GRPCCore.StreamingServerRequest<Tether_V1_AuditBatch>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_AuditAck>
+
+        /// Handle the "Tunnel" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One proxied Kubernetes API request, on its own stream (its own HTTP/2 flow
+        /// > control, so a slow reader never delays another request). The hub asks with
+        /// > OpenTunnel on Connect; the agent opens this RPC and sends TunnelOpen first.
+        /// > Hub to agent: the request body, then TunnelEnd. Agent to hub: ResponseHead,
+        /// > the response body as it arrives, then TunnelEnd.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Tether_V1_TunnelFrame` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Tether_V1_TunnelFrame` messages.
+        func tunnel(
+            request: GRPCCore.StreamingServerRequest<Tether_V1_TunnelFrame>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_TunnelFrame>
     }
 
     /// Service protocol for the "tether.v1.AgentLink" service.
@@ -505,6 +541,28 @@ extension Tether_V1_AgentLink {
             request: GRPCCore.StreamingServerRequest<Tether_V1_AuditBatch>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_AuditAck>
+
+        /// Handle the "Tunnel" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One proxied Kubernetes API request, on its own stream (its own HTTP/2 flow
+        /// > control, so a slow reader never delays another request). The hub asks with
+        /// > OpenTunnel on Connect; the agent opens this RPC and sends TunnelOpen first.
+        /// > Hub to agent: the request body, then TunnelEnd. Agent to hub: ResponseHead,
+        /// > the response body as it arrives, then TunnelEnd.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Tether_V1_TunnelFrame` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Tether_V1_TunnelFrame` messages.
+        func tunnel(
+            request: GRPCCore.StreamingServerRequest<Tether_V1_TunnelFrame>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_TunnelFrame>
     }
 
     /// Simple service protocol for the "tether.v1.AgentLink" service.
@@ -557,6 +615,29 @@ extension Tether_V1_AgentLink {
             response: GRPCCore.RPCWriter<Tether_V1_AuditAck>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "Tunnel" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One proxied Kubernetes API request, on its own stream (its own HTTP/2 flow
+        /// > control, so a slow reader never delays another request). The hub asks with
+        /// > OpenTunnel on Connect; the agent opens this RPC and sends TunnelOpen first.
+        /// > Hub to agent: the request body, then TunnelEnd. Agent to hub: ResponseHead,
+        /// > the response body as it arrives, then TunnelEnd.
+        ///
+        /// - Parameters:
+        ///   - request: A stream of `Tether_V1_TunnelFrame` messages.
+        ///   - response: A response stream of `Tether_V1_TunnelFrame` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        func tunnel(
+            request: GRPCCore.RPCAsyncSequence<Tether_V1_TunnelFrame, any Swift.Error>,
+            response: GRPCCore.RPCWriter<Tether_V1_TunnelFrame>,
+            context: GRPCCore.ServerContext
+        ) async throws
     }
 }
 
@@ -581,6 +662,17 @@ extension Tether_V1_AgentLink.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Tether_V1_AuditAck>(),
             handler: { request, context in
                 try await self.streamAudit(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Tether_V1_AgentLink.Method.Tunnel.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Tether_V1_TunnelFrame>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Tether_V1_TunnelFrame>(),
+            handler: { request, context in
+                try await self.tunnel(
                     request: request,
                     context: context
                 )
@@ -622,6 +714,23 @@ extension Tether_V1_AgentLink.SimpleServiceProtocol {
             metadata: [:],
             producer: { writer in
                 try await self.streamAudit(
+                    request: request.messages,
+                    response: writer,
+                    context: context
+                )
+                return [:]
+            }
+        )
+    }
+
+    public func tunnel(
+        request: GRPCCore.StreamingServerRequest<Tether_V1_TunnelFrame>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Tether_V1_TunnelFrame> {
+        return GRPCCore.StreamingServerResponse<Tether_V1_TunnelFrame>(
+            metadata: [:],
+            producer: { writer in
+                try await self.tunnel(
                     request: request.messages,
                     response: writer,
                     context: context
@@ -692,6 +801,33 @@ extension Tether_V1_AgentLink {
             deserializer: some GRPCCore.MessageDeserializer<Tether_V1_AuditAck>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_AuditAck>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "Tunnel" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One proxied Kubernetes API request, on its own stream (its own HTTP/2 flow
+        /// > control, so a slow reader never delays another request). The hub asks with
+        /// > OpenTunnel on Connect; the agent opens this RPC and sends TunnelOpen first.
+        /// > Hub to agent: the request body, then TunnelEnd. Agent to hub: ResponseHead,
+        /// > the response body as it arrives, then TunnelEnd.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Tether_V1_TunnelFrame` messages.
+        ///   - serializer: A serializer for `Tether_V1_TunnelFrame` messages.
+        ///   - deserializer: A deserializer for `Tether_V1_TunnelFrame` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func tunnel<Result>(
+            request: GRPCCore.StreamingClientRequest<Tether_V1_TunnelFrame>,
+            serializer: some GRPCCore.MessageSerializer<Tether_V1_TunnelFrame>,
+            deserializer: some GRPCCore.MessageDeserializer<Tether_V1_TunnelFrame>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_TunnelFrame>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -781,6 +917,42 @@ extension Tether_V1_AgentLink {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "Tunnel" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > One proxied Kubernetes API request, on its own stream (its own HTTP/2 flow
+        /// > control, so a slow reader never delays another request). The hub asks with
+        /// > OpenTunnel on Connect; the agent opens this RPC and sends TunnelOpen first.
+        /// > Hub to agent: the request body, then TunnelEnd. Agent to hub: ResponseHead,
+        /// > the response body as it arrives, then TunnelEnd.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request producing `Tether_V1_TunnelFrame` messages.
+        ///   - serializer: A serializer for `Tether_V1_TunnelFrame` messages.
+        ///   - deserializer: A deserializer for `Tether_V1_TunnelFrame` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func tunnel<Result>(
+            request: GRPCCore.StreamingClientRequest<Tether_V1_TunnelFrame>,
+            serializer: some GRPCCore.MessageSerializer<Tether_V1_TunnelFrame>,
+            deserializer: some GRPCCore.MessageDeserializer<Tether_V1_TunnelFrame>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_TunnelFrame>) async throws -> Result
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.bidirectionalStreaming(
+                request: request,
+                descriptor: Tether_V1_AgentLink.Method.Tunnel.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -839,6 +1011,37 @@ extension Tether_V1_AgentLink.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Tether_V1_AuditBatch>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Tether_V1_AuditAck>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Tunnel" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One proxied Kubernetes API request, on its own stream (its own HTTP/2 flow
+    /// > control, so a slow reader never delays another request). The hub asks with
+    /// > OpenTunnel on Connect; the agent opens this RPC and sends TunnelOpen first.
+    /// > Hub to agent: the request body, then TunnelEnd. Agent to hub: ResponseHead,
+    /// > the response body as it arrives, then TunnelEnd.
+    ///
+    /// - Parameters:
+    ///   - request: A streaming request producing `Tether_V1_TunnelFrame` messages.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func tunnel<Result>(
+        request: GRPCCore.StreamingClientRequest<Tether_V1_TunnelFrame>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_TunnelFrame>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        try await self.tunnel(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Tether_V1_TunnelFrame>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Tether_V1_TunnelFrame>(),
             options: options,
             onResponse: handleResponse
         )
@@ -909,6 +1112,42 @@ extension Tether_V1_AgentLink.ClientProtocol {
             producer: producer
         )
         return try await self.streamAudit(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "Tunnel" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > One proxied Kubernetes API request, on its own stream (its own HTTP/2 flow
+    /// > control, so a slow reader never delays another request). The hub asks with
+    /// > OpenTunnel on Connect; the agent opens this RPC and sends TunnelOpen first.
+    /// > Hub to agent: the request body, then TunnelEnd. Agent to hub: ResponseHead,
+    /// > the response body as it arrives, then TunnelEnd.
+    ///
+    /// - Parameters:
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - producer: A closure producing request messages to send to the server. Returning
+    ///       from the closure closes the request stream.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func tunnel<Result>(
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Tether_V1_TunnelFrame>) async throws -> Void,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Tether_V1_TunnelFrame>) async throws -> Result
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.StreamingClientRequest<Tether_V1_TunnelFrame>(
+            metadata: metadata,
+            producer: producer
+        )
+        return try await self.tunnel(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -1,0 +1,251 @@
+import AsyncHTTPClient
+import Crypto
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import Shared
+
+/// One request the hub asks the agent to carry, for a person (domain form of
+/// `OpenTunnel`; generated types stay in the link).
+package struct TunnelRequest: Sendable {
+    package var id: String
+    package var method: String
+    package var path: String
+    package var headers: [(name: String, value: String)]
+    package var grant: PersonGrant
+}
+
+/// Who a request is for and exactly the roles the hub grants them on this cluster.
+package struct PersonGrant: Sendable, Equatable {
+    package var user: String
+    package var groups: [String]
+    package var sessionID: String
+    package var sessionExpires: Date
+    package var clusterRoles: [String]
+    /// Namespace -> (ClusterRoles, Roles) bound there.
+    package var namespaces: [String: (clusterRoles: [String], roles: [String])]
+
+    package static func == (a: PersonGrant, b: PersonGrant) -> Bool {
+        a.user == b.user && a.groups == b.groups && a.sessionID == b.sessionID && a.sessionExpires == b.sessionExpires
+            && a.clusterRoles == b.clusterRoles && a.namespaces.mapValues { "\($0.clusterRoles)|\($0.roles)" } == b.namespaces.mapValues { "\($0.clusterRoles)|\($0.roles)" }
+    }
+}
+
+/// What the agent sends back on a tunnel.
+package enum TunnelEvent: Sendable {
+    case head(status: Int, headers: [(name: String, value: String)])
+    case body(ByteBuffer)
+}
+
+/// Carries tunneled requests to the API server.
+package protocol TunnelForwarder: Sendable {
+    /// Sends the request (its body already read) and hands the response to `emit` as
+    /// it arrives: the head first, then body chunks. Returns when the response ends.
+    func forward(_ request: TunnelRequest, body: ByteBuffer, emit: @Sendable (TunnelEvent) async throws -> Void) async throws
+}
+
+/// Without a Kubernetes API there is nothing to carry requests to.
+package struct NoKubernetesForwarder: TunnelForwarder {
+    package init() {}
+    package func forward(_ request: TunnelRequest, body: ByteBuffer, emit: @Sendable (TunnelEvent) async throws -> Void) async throws {
+        try await emit(.head(status: 503, headers: [("Content-Type", "application/json")]))
+        try await emit(.body(ByteBuffer(string: KubeStatusBody.json(code: 503, reason: "ServiceUnavailable",
+            message: "the agent of this cluster runs without a Kubernetes API (no in-cluster config or --kubeconfig)"))))
+    }
+}
+
+enum KubeStatusBody {
+    static func json(code: Int, reason: String, message: String) -> String {
+        let body: [String: Any] = ["kind": "Status", "apiVersion": "v1", "metadata": [String: Any](), "status": "Failure",
+                                   "message": message, "reason": reason, "code": code]
+        return String(decoding: (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data(), as: UTF8.self)
+    }
+}
+
+/// Forwards to the API server with the person's just-in-time service-account token
+/// only: never the agent's own credentials (its own client has no client
+/// certificate and no token), and with any incoming Authorization and
+/// Impersonate-* headers stripped.
+package final class KubeForwarder: TunnelForwarder {
+    let connection: KubeConnection
+    let accounts: JITAccounts
+    let http: HTTPClient
+    let logger: Logger
+
+    /// Headers that describe one hop, not the request, and the credentials a caller
+    /// might try to slip through.
+    static let dropped: Set<String> = [
+        "authorization", "connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
+        "transfer-encoding", "upgrade", "host", "content-length", "cookie",
+    ]
+
+    init(connection: KubeConnection, accounts: JITAccounts, logger: Logger) throws {
+        self.connection = connection
+        self.accounts = accounts
+        self.logger = logger
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        if let ca = connection.caPEM { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(ca.utf8))) }
+        // Deliberately no client certificate: a request carried for a person must
+        // authenticate as that person's service account and nothing else.
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls, decompression: .disabled))
+    }
+
+    func shutdown() async throws { try await http.shutdown() }
+
+    static func forwardedHeaders(_ headers: [(name: String, value: String)]) -> [(name: String, value: String)] {
+        headers.filter { header in
+            let name = header.name.lowercased()
+            return !dropped.contains(name) && !name.hasPrefix("impersonate-")
+        }
+    }
+
+    package func forward(_ request: TunnelRequest, body: ByteBuffer, emit: @Sendable (TunnelEvent) async throws -> Void) async throws {
+        let token: String
+        do {
+            token = try await accounts.token(for: request.grant)
+        } catch {
+            logger.error("cannot prepare the just-in-time account", metadata: ["user": "\(request.grant.user)", "error": "\(error)"])
+            try await emit(.head(status: 503, headers: [("Content-Type", "application/json")]))
+            try await emit(.body(ByteBuffer(string: KubeStatusBody.json(code: 503, reason: "ServiceUnavailable",
+                message: "the agent could not prepare an account for \(request.grant.user) in this cluster: \(error)"))))
+            return
+        }
+        guard request.path.hasPrefix("/") else { throw TetherError(.invalidArgument, "tunnel path must start with /") }
+        var outbound = HTTPClientRequest(url: connection.server + request.path)
+        outbound.method = HTTPMethod(rawValue: request.method)
+        for header in Self.forwardedHeaders(request.headers) { outbound.headers.add(name: header.name, value: header.value) }
+        outbound.headers.add(name: "Authorization", value: "Bearer \(token)")
+        if body.readableBytes > 0 { outbound.body = .bytes(body) }
+        let response: HTTPClientResponse
+        do {
+            // No timeout: watches and log follows last as long as the person keeps them.
+            response = try await http.execute(outbound, deadline: .distantFuture)
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            try await emit(.head(status: 502, headers: [("Content-Type", "application/json")]))
+            try await emit(.body(ByteBuffer(string: KubeStatusBody.json(code: 502, reason: "BadGateway",
+                message: "the agent cannot reach this cluster's API server: \(error)"))))
+            return
+        }
+        let headers = response.headers.map { (name: $0.name, value: $0.value) }.filter { !Self.dropped.contains($0.name.lowercased()) }
+        try await emit(.head(status: Int(response.status.code), headers: headers))
+        for try await chunk in response.body { try await emit(.body(chunk)) }
+    }
+}
+
+/// Just-in-time service accounts: one per person's session, in the agent's
+/// namespace, bound to exactly the roles the hub sends and nothing more, with a
+/// TokenRequest token that expires with the session (at most an hour, refreshed).
+/// Every object is marked Tether's, and an existing object is reused only when its
+/// marks prove it is this session's.
+package actor JITAccounts {
+    let client: KubeClient
+    let namespace: String
+    let logger: Logger
+    private var cache: [String: (grant: PersonGrant, token: String, refreshAt: Date)] = [:]
+
+    static let sessionAnnotation = "tether.dev/session"
+    static let userAnnotation = "tether.dev/user"
+    static let jitLabel = "tether.dev/jit"
+
+    init(client: KubeClient, namespace: String, logger: Logger) {
+        self.client = client
+        self.namespace = namespace
+        self.logger = logger
+    }
+
+    /// The account's name: `tether-` and the user name made a DNS label (at most 30
+    /// characters of it), then 10 hex characters of the session id's hash.
+    static func accountName(user: String, session: String) -> String {
+        var safe = ""
+        for scalar in user.lowercased().unicodeScalars {
+            if (scalar >= "a" && scalar <= "z") || (scalar >= "0" && scalar <= "9") { safe.unicodeScalars.append(scalar) } else if !safe.hasSuffix("-") { safe += "-" }
+        }
+        safe = String(safe.trimmingCharacters(in: CharacterSet(charactersIn: "-")).prefix(30)).trimmingCharacters(in: CharacterSet(charactersIn: "-"))
+        let hash = SHA256.hash(data: Data(session.utf8)).prefix(5).map { String(format: "%02x", $0) }.joined()
+        return "tether-" + (safe.isEmpty ? "" : safe + "-") + hash
+    }
+
+    package func token(for grant: PersonGrant) async throws -> String {
+        let now = Date()
+        if let cached = cache[grant.sessionID], cached.grant == grant, cached.refreshAt > now { return cached.token }
+        let name = Self.accountName(user: grant.user, session: grant.sessionID)
+        let started = ContinuousClock.now
+        try await ensureAccount(name, grant: grant)
+        try await ensureBindings(name, grant: grant)
+        // The API server refuses tokens shorter than 10 minutes; the account is
+        // deleted when the session ends, which voids the token anyway.
+        let remaining = Int(grant.sessionExpires.timeIntervalSince(now))
+        let seconds = max(600, min(3600, remaining))
+        let request = try JSONSerialization.data(withJSONObject: [
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": ["expirationSeconds": seconds],
+        ])
+        let answer = try await client.json(.POST, KubeResource.serviceAccount.path(namespace: namespace, name: name) + "/token", body: request)
+        guard let token = (answer["status"] as? [String: Any])?["token"] as? String, !token.isEmpty else {
+            throw TetherError(.unavailable, "the API server answered the TokenRequest for \(name) without a token")
+        }
+        cache[grant.sessionID] = (grant, token, now.addingTimeInterval(Double(seconds) * 0.8))
+        logger.info("just-in-time account ready", metadata: [
+            "account": "\(namespace)/\(name)", "user": "\(grant.user)", "session": "\(grant.sessionID)",
+            "ms": "\(Int((ContinuousClock.now - started).seconds * 1000))"])
+        return token
+    }
+
+    func marks(_ grant: PersonGrant) -> (labels: [String: String], annotations: [String: String]) {
+        (["app.kubernetes.io/managed-by": "tether", Self.jitLabel: "true"],
+         [Self.sessionAnnotation: grant.sessionID, Self.userAnnotation: grant.user,
+          "tether.dev/expires": ISO8601DateFormatter().string(from: grant.sessionExpires)])
+    }
+
+    /// Creates `object`, or accepts the existing one when its marks say it is this
+    /// session's; anything else with the name is refused, never changed.
+    func create(_ resource: KubeResource, namespace: String?, name: String, object: [String: Any], session: String) async throws {
+        do {
+            _ = try await client.json(.POST, resource.path(namespace: namespace), body: try JSONSerialization.data(withJSONObject: object))
+        } catch let error as KubeAPIError where error.code == 409 {
+            let existing = try await client.get(resource, namespace: namespace, name: name) ?? [:]
+            let metadata = existing["metadata"] as? [String: Any] ?? [:]
+            let labels = metadata["labels"] as? [String: String] ?? [:]
+            let annotations = metadata["annotations"] as? [String: String] ?? [:]
+            guard labels["app.kubernetes.io/managed-by"] == "tether", annotations[Self.sessionAnnotation] == session else {
+                throw TetherError(.conflict, "\(resource.kind) \(namespace.map { "\($0)/" } ?? "")\(name) exists and is not this session's; it was left as it is")
+            }
+        }
+    }
+
+    func ensureAccount(_ name: String, grant: PersonGrant) async throws {
+        let (labels, annotations) = marks(grant)
+        try await create(.serviceAccount, namespace: namespace, name: name, object: [
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": ["name": name, "namespace": namespace, "labels": labels, "annotations": annotations],
+        ], session: grant.sessionID)
+    }
+
+    func ensureBindings(_ name: String, grant: PersonGrant) async throws {
+        let (labels, annotations) = marks(grant)
+        let subject: [String: Any] = ["kind": "ServiceAccount", "name": name, "namespace": namespace]
+        for role in grant.clusterRoles {
+            let binding = "\(name)-\(role)"
+            try await create(.clusterRoleBinding, namespace: nil, name: binding, object: [
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": ["name": binding, "labels": labels, "annotations": annotations],
+                "roleRef": ["apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role],
+                "subjects": [subject],
+            ], session: grant.sessionID)
+        }
+        for (ns, roles) in grant.namespaces.sorted(by: { $0.key < $1.key }) {
+            for (kind, role) in roles.clusterRoles.map({ ("ClusterRole", $0) }) + roles.roles.map({ ("Role", $0) }) {
+                let binding = "\(name)-\(kind.lowercased())-\(role)"
+                try await create(.roleBinding, namespace: ns, name: binding, object: [
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": ["name": binding, "namespace": ns, "labels": labels, "annotations": annotations],
+                    "roleRef": ["apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role],
+                    "subjects": [subject],
+                ], session: grant.sessionID)
+            }
+        }
+    }
+}

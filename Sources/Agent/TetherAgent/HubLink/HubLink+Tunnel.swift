@@ -1,0 +1,142 @@
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import NIOCore
+import Shared
+import Synchronization
+
+extension TunnelRequest {
+    init(proto open: Tether_V1_OpenTunnel) {
+        var namespaces: [String: (clusterRoles: [String], roles: [String])] = [:]
+        for ns in open.grant.namespaces { namespaces[ns.namespace] = (ns.clusterRoles, ns.roles) }
+        self.init(id: open.id, method: open.method, path: open.path, headers: open.headers.map { ($0.name, $0.value) },
+                  grant: PersonGrant(user: open.grant.user, groups: open.grant.groups, sessionID: open.grant.sessionID,
+                                     sessionExpires: Date(timeIntervalSince1970: TimeInterval(open.grant.sessionExpiresUnix)),
+                                     clusterRoles: open.grant.clusterRoles, namespaces: namespaces))
+    }
+}
+
+extension HubLink {
+    /// The largest request body carried (an apply of a large object; exec and
+    /// port-forward stream instead).
+    static let maxTunnelRequestBody = 16 << 20
+
+    /// Runs every tunnel the hub asks for, each on its own RPC, concurrently, for as
+    /// long as the channel is up.
+    func runTunnels(_ requests: AsyncStream<Tether_V1_OpenTunnel>, client: GRPCClient<HTTP2ClientTransport.Posix>) async {
+        await withDiscardingTaskGroup { group in
+            for await open in requests {
+                group.addTask { await self.runTunnel(open, client: client) }
+            }
+        }
+    }
+
+    private enum FromHub: Sendable {
+        case body(ByteBuffer)
+        case end
+        case cancelled(String)
+    }
+
+    /// One tunnel: opens the RPC, reads the request body, forwards it, streams the
+    /// response back. The hub ending the stream early (the person went away) cancels
+    /// the request to the API server.
+    func runTunnel(_ open: Tether_V1_OpenTunnel, client: GRPCClient<HTTP2ClientTransport.Posix>) async {
+        let request = TunnelRequest(proto: open)
+        let (fromHub, fromHubWriter) = AsyncStream.makeStream(of: FromHub.self)
+        let forwarding = ForwardingTask()
+        var options = CallOptions.defaults
+        options.waitForReady = false
+        options.maxRequestMessageBytes = WireLimits.maxMessageBytes
+        options.maxResponseMessageBytes = WireLimits.maxMessageBytes
+        do {
+            try await Tether_V1_AgentLink.Client(wrapping: client).tunnel(
+                options: options,
+                requestProducer: { writer in
+                    try await writer.write(.with { $0.open = .with { $0.id = open.id } })
+                    var body = ByteBuffer()
+                    loop: for await event in fromHub {
+                        switch event {
+                        case .body(let chunk):
+                            guard body.readableBytes + chunk.readableBytes <= Self.maxTunnelRequestBody else {
+                                try await writer.write(.with { $0.end = .with { $0.error = "request body over \(ByteCount.format(Self.maxTunnelRequestBody))" } })
+                                return
+                            }
+                            body.writeImmutableBuffer(chunk)
+                        case .end: break loop
+                        case .cancelled: return
+                        }
+                    }
+                    let forwarder = self.forwarder
+                    let task = Task {
+                        try await forwarder.forward(request, body: body) { event in
+                            switch event {
+                            case .head(let status, let headers):
+                                try await writer.write(.with {
+                                    $0.response = .with { head in
+                                        head.status = UInt32(status)
+                                        head.headers = headers.map { h in .with { $0.name = h.name; $0.value = h.value } }
+                                    }
+                                })
+                            case .body(let chunk):
+                                try await writer.write(.with { $0.body = Data(buffer: chunk) })
+                            }
+                        }
+                    }
+                    forwarding.started(task)
+                    do {
+                        try await withTaskCancellationHandler { try await task.value } onCancel: { task.cancel() }
+                        try await writer.write(.with { $0.end = .init() })
+                    } catch {
+                        if !forwarding.isCancelled {
+                            self.logger.warning("tunneled request failed", metadata: ["tunnel": "\(open.id)", "error": "\(error)"])
+                            try? await writer.write(.with { $0.end = .with { $0.error = "\(error)" } })
+                        }
+                    }
+                },
+                onResponse: { response in
+                    for try await frame in response.messages {
+                        switch frame.kind {
+                        case .body(let data): fromHubWriter.yield(.body(ByteBuffer(bytes: data)))
+                        case .end(let end):
+                            if end.error.isEmpty {
+                                fromHubWriter.yield(.end)
+                            } else {
+                                fromHubWriter.yield(.cancelled(end.error))
+                                forwarding.cancel()
+                            }
+                        case .open, .response, .none: continue
+                        }
+                    }
+                    // The hub ended the stream: nothing more will be read.
+                    fromHubWriter.yield(.cancelled("the hub closed the tunnel"))
+                    fromHubWriter.finish()
+                    forwarding.cancel()
+                })
+        } catch {
+            logger.info("tunnel ended", metadata: ["tunnel": "\(open.id)", "reason": "\(error)"])
+        }
+    }
+}
+
+/// The forward of one tunnel, cancellable from the side that reads the hub's frames,
+/// also before it has started.
+final class ForwardingTask: Sendable {
+    private let state = Mutex<(task: Task<Void, any Error>?, cancelled: Bool)>((nil, false))
+
+    func started(_ task: Task<Void, any Error>) {
+        let cancelled = state.withLock { s -> Bool in
+            s.task = task
+            return s.cancelled
+        }
+        if cancelled { task.cancel() }
+    }
+
+    func cancel() {
+        state.withLock { s -> Task<Void, any Error>? in
+            s.cancelled = true
+            return s.task
+        }?.cancel()
+    }
+
+    var isCancelled: Bool { state.withLock { $0.cancelled } }
+}

@@ -1,0 +1,87 @@
+import AsyncAlgorithms
+import Foundation
+import HubStore
+import NIOCore
+import Shared
+import Synchronization
+
+/// One proxied request as the hub asks an agent to carry it (the gateway turns it
+/// into `OpenTunnel`).
+struct TunnelRequest: Sendable {
+    var id: String
+    var method: String
+    /// Path and query as the API server sees them.
+    var path: String
+    var headers: [(name: String, value: String)]
+    var session: SessionRecord
+    var grants: AccessGrants
+}
+
+/// A frame of a tunnel, either way (domain form of `TunnelFrame`).
+enum TunnelFrame: Sendable {
+    case body(ByteBuffer)
+    /// No more body from this side; an error ends the tunnel as failed.
+    case end(error: String?)
+    case response(status: Int, headers: [(name: String, value: String)])
+}
+
+/// A tunnel once its agent opened the RPC: frames from the agent, and where to
+/// send frames to it. Both are channels with no buffer: a sender waits until the
+/// other side takes the frame, so a person who stops reading stops the agent's
+/// stream (HTTP/2 flow control of that one RPC) and nothing piles up at the hub.
+struct TunnelStreams: Sendable {
+    let fromAgent: AsyncThrowingChannel<TunnelFrame, any Error>
+    let toAgent: AsyncChannel<TunnelFrame>
+}
+
+/// Matches the agents' `Tunnel` RPCs to the requests waiting for them.
+final class TunnelBroker: Sendable {
+    private struct Waiter {
+        let cluster: ClusterName
+        let continuation: CheckedContinuation<TunnelStreams, any Error>
+    }
+    private let waiting = Mutex<[String: Waiter]>([:])
+
+    init() {}
+
+    static func newID() -> String { UUID().uuidString.lowercased() }
+
+    /// Asks for a tunnel (`ask` sends OpenTunnel; false: the cluster has no link) and
+    /// waits up to `timeout` for the agent to open it.
+    func open(_ id: String, cluster: ClusterName, timeout: Duration, ask: () -> Bool) async throws -> TunnelStreams {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<TunnelStreams, any Error>) in
+                waiting.withLock { $0[id] = Waiter(cluster: cluster, continuation: continuation) }
+                guard ask() else {
+                    fail(id, TetherError(.unavailable, "cluster \(cluster) is offline"))
+                    return
+                }
+                Task { [self] in
+                    try? await Task.sleep(for: timeout)
+                    fail(id, TetherError(.unavailable, "the agent of cluster \(cluster) did not open the tunnel within \(DurationParser.format(timeout))"))
+                }
+            }
+        } onCancel: {
+            fail(id, CancellationError())
+        }
+    }
+
+    private func fail(_ id: String, _ error: any Error) {
+        waiting.withLock { $0.removeValue(forKey: id) }?.continuation.resume(throwing: error)
+    }
+
+    /// Hands an agent's RPC to the request waiting for it; false when none is
+    /// (unknown id, timed out, or asked of another cluster: an agent cannot answer
+    /// a tunnel meant for someone else's cluster).
+    func attach(_ id: String, cluster: ClusterName, _ streams: TunnelStreams) -> Bool {
+        let waiter = waiting.withLock { table -> Waiter? in
+            guard let waiter = table[id], waiter.cluster == cluster else { return nil }
+            table[id] = nil
+            return waiter
+        }
+        waiter?.continuation.resume(returning: streams)
+        return waiter != nil
+    }
+
+    var pending: Int { waiting.withLock { $0.count } }
+}

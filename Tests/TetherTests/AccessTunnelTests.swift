@@ -1,0 +1,109 @@
+import Foundation
+import KubeEmulator
+import Shared
+import TestSupport
+import Testing
+@testable import HubStore
+@testable import TetherAgent
+@testable import TetherHub
+
+/// kubectl through hub, tunnel and agent to the API emulator, with a just-in-time
+/// service account bound to exactly the person's roles.
+@Suite struct AccessTunnelTests {
+    @Test func kubectlReachesTheClusterAsThePersonsJustInTimeAccount() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let emulator = try await KubeEmulator.start()
+        try emulator.writeKubeconfig(to: dir.sub("emulator-kubeconfig"))
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+        try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: """
+            apiVersion: tether.dev/v1
+            kind: AccessRole
+            metadata: {name: prod-view}
+            spec:
+              subjects: [{kind: Group, name: developers}]
+              clusterSelector: {matchLabels: {env: prod}}
+              clusterRoles: [view]
+              namespaces: [{name: default, clusterRoles: [edit]}]
+            """, file: "roles.yaml"))
+        var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try await hub.join("prod-eu"))
+        config.healthListen = nil
+        config.auditListen = nil
+        config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("emulator-kubeconfig"))
+        let agent = try AgentRuntime(configuration: config, logger: testLogger)
+        let agentTask = Task { try await agent.run() }
+        try await eventually("agent online") { try await hub.status("prod-eu") == .online }
+
+        let endpoint = try #require(await hub.core.accessEndpoint.value)
+        let (session, credential, _) = try await hub.core.createSession(user: "alice@example.com", groups: ["developers"], ttl: .seconds(3600))
+        let sessionFile = dir.sub("alice.session")
+        try SessionFile(hub: endpoint.url, user: session.user, credential: credential, expiresAt: session.expiresAt,
+                        caCertificate: endpoint.caCertificate).write(to: sessionFile)
+        let kubeconfig = dir.sub("kubeconfig")
+        let written = try await runCommand(try ChildProcess.binary("tether-hub"), ["kubeconfig", "--session", sessionFile, "--output", kubeconfig])
+        #expect(written.status == 0, "\(written.stderr)")
+        let kubectl = try Tools.kubectl()
+        func run(_ args: String...) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await runCommand(kubectl, ["--kubeconfig", kubeconfig, "--request-timeout", "20s"] + args, environment: ["HOME": dir.path])
+        }
+
+        // Write, read, list and delete, as alice.
+        let manifest = dir.sub("cm.yaml")
+        try "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes, namespace: default}\ndata: {who: alice}\n"
+            .write(toFile: manifest, atomically: true, encoding: .utf8)
+        let applied = try await run("apply", "-f", manifest)
+        #expect(applied.status == 0, "\(applied.stderr)")
+        #expect(applied.stdout.contains("configmap/notes created"), "\(applied.stdout)")
+        let got = try await run("get", "configmap", "notes", "-n", "default", "-o", "jsonpath={.data.who}")
+        #expect(got.status == 0 && got.stdout == "alice", "\(got.stderr)")
+        let listed = try await run("get", "namespaces", "-o", "name")
+        #expect(listed.status == 0 && listed.stdout.contains("namespace/default"), "\(listed.stderr)")
+
+        // The cluster saw the person's service account, never the agent's credentials.
+        let account = JITAccounts.accountName(user: "alice@example.com", session: session.id)
+        let checks = emulator.authorizationChecks(userAgentPrefix: "kubectl")
+        #expect(!checks.isEmpty)
+        #expect(checks.allSatisfy { $0.user == "system:serviceaccount:default:\(account)" }, "\(checks.map(\.user))")
+        let sa = try #require(emulator.object(.serviceAccounts, namespace: "default", name: account))
+        #expect(sa[path: ["metadata", "labels", "app.kubernetes.io/managed-by"]]?.string == "tether")
+        #expect(sa[path: ["metadata", "annotations", "tether.dev/session"]]?.string == session.id)
+        #expect(sa[path: ["metadata", "annotations", "tether.dev/user"]]?.string == "alice@example.com")
+        // Bound to exactly the roles the AccessRole grants.
+        let bindings = emulator.objects(.clusterRoleBindings).filter { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) == true }
+        #expect(bindings.compactMap { $0[path: ["roleRef", "name"]]?.string } == ["view"])
+        let roleBindings = emulator.objects(.roleBindings, namespace: "default").filter { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) == true }
+        #expect(roleBindings.compactMap { $0[path: ["roleRef", "name"]]?.string } == ["edit"])
+
+        let deleted = try await run("delete", "configmap", "notes", "-n", "default")
+        #expect(deleted.status == 0 && deleted.stdout.contains("deleted"), "\(deleted.stderr)")
+        #expect(emulator.object(.configMaps, namespace: "default", name: "notes") == nil)
+
+        // Every proxied request is in the hub's audit log under her name.
+        let audited = try await hub.core.database.auditEvents(AuditQuery(cluster: "hub", user: "alice@example.com", resource: "clusters/proxy", limit: 1000))
+        #expect(audited.count >= 4)
+        #expect(audited.contains { String(decoding: $0.event, as: UTF8.self).contains("DELETE /api/v1/namespaces/default/configmaps/notes") })
+
+        await agent.shutdown()
+        try await agentTask.value
+        try await hub.stop()
+        await emulator.stop()
+    }
+
+    @Test func accountNamesAreDNSLabelsPerSession() {
+        let a = JITAccounts.accountName(user: "Alice.Smith@Example.COM", session: "s1")
+        #expect(a.hasPrefix("tether-alice-smith-example-com-") && a.count <= 63)
+        #expect(a != JITAccounts.accountName(user: "Alice.Smith@Example.COM", session: "s2"))
+        #expect(JITAccounts.accountName(user: "\u{1F600}", session: "s1").hasPrefix("tether-"))
+        let long = JITAccounts.accountName(user: String(repeating: "x", count: 300), session: "s1")
+        #expect(long.count <= 63)
+    }
+
+    @Test func theAgentNeverForwardsCredentialsOrImpersonation() {
+        let kept = KubeForwarder.forwardedHeaders([
+            ("Authorization", "Bearer stolen"), ("Impersonate-User", "root"), ("impersonate-group", "system:masters"),
+            ("Impersonate-Extra-scopes", "x"), ("Accept", "application/json"), ("Connection", "close"), ("User-Agent", "kubectl/v1.36"),
+        ])
+        #expect(kept.map(\.name) == ["Accept", "User-Agent"])
+    }
+}
