@@ -84,9 +84,51 @@ import Testing
         #expect(audited.count >= 4)
         #expect(audited.contains { String(decoding: $0.event, as: UTF8.self).contains("DELETE /api/v1/namespaces/default/configmaps/notes") })
 
+        // Revoking the session deletes the account and its bindings within 5 s, and
+        // its token stops working at the API server.
+        let tokenBefore = emulator.authorizationChecks(userAgentPrefix: "kubectl").count
+        _ = try await hub.core.revokeSessions(id: session.id)
+        try await eventually(timeout: .seconds(5), "account deleted") {
+            emulator.object(.serviceAccounts, namespace: "default", name: account) == nil
+                && emulator.objects(.clusterRoleBindings).allSatisfy { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) != true }
+                && emulator.objects(.roleBindings, namespace: "default").allSatisfy { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) != true }
+        }
+        let refused = try await run("get", "namespaces")
+        #expect(refused.status != 0 && refused.stderr.contains("was revoked"), "\(refused.stderr)")
+        #expect(emulator.authorizationChecks(userAgentPrefix: "kubectl").count == tokenBefore, "nothing reached the cluster after the revocation")
+
         await agent.shutdown()
         try await agentTask.value
         try await hub.stop()
+        await emulator.stop()
+    }
+
+    @Test func theSweepRemovesAccountsOfSessionsTheHubNoLongerLists() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let emulator = try await KubeEmulator.start()
+        try emulator.writeKubeconfig(to: dir.sub("kubeconfig"))
+        let client = try KubeClient(connection: try KubeConnection.kubeconfig(path: dir.sub("kubeconfig")))
+        let accounts = JITAccounts(client: client, namespace: "default", logger: testLogger)
+        func grant(_ session: String, expires: Date) -> PersonGrant {
+            PersonGrant(user: "bob", groups: [], sessionID: session, sessionExpires: expires, clusterRoles: ["view"], namespaces: [:])
+        }
+        _ = try await accounts.token(for: grant("live", expires: Date().addingTimeInterval(3600)))
+        _ = try await accounts.token(for: grant("gone", expires: Date().addingTimeInterval(3600)))
+        _ = try await accounts.token(for: grant("expired", expires: Date().addingTimeInterval(-5)))
+        // Someone else's account with a similar name is never touched.
+        _ = try emulator.put(["apiVersion": "v1", "kind": "ServiceAccount",
+                              "metadata": ["name": "tether-bob-lookalike", "namespace": "default", "labels": ["tether.dev/jit": "true"]]])
+        #expect(emulator.objects(.serviceAccounts, namespace: "default").count == 4)
+
+        let forwarder = try KubeForwarder(connection: try KubeConnection.kubeconfig(path: dir.sub("kubeconfig")), accounts: accounts, logger: testLogger)
+        await forwarder.liveSessions(["live", "expired"])
+        let left = Set(emulator.objects(.serviceAccounts, namespace: "default").compactMap { $0[path: ["metadata", "name"]]?.string })
+        #expect(left == [JITAccounts.accountName(user: "bob", session: "live"), "tether-bob-lookalike"])
+        #expect(emulator.objects(.clusterRoleBindings).compactMap { $0[path: ["metadata", "name"]]?.string }
+            == ["\(JITAccounts.accountName(user: "bob", session: "live"))-view"])
+        try await forwarder.shutdown()
+        try await client.shutdown()
         await emulator.stop()
     }
 

@@ -426,6 +426,11 @@ final class APIHandler: Sendable {
         if !r.body.isEmpty { options = try body(r) }
         let pre = options["preconditions"]
         let (object, gone) = try store.delete(type, namespace, name, precondition: (pre?["uid"]?.string, pre?["resourceVersion"]?.string))
+        if gone, type == .serviceAccounts {
+            // As the real server: a token bound to a deleted ServiceAccount no longer authenticates.
+            let subject = "system:serviceaccount:\(namespace):\(name)"
+            store.state.withLock { $0.tokens = $0.tokens.filter { $0.value != subject } }
+        }
         if gone {
             var details: JSON = ["name": .string(name), "kind": .string(type.plural), "uid": object[path: ["metadata", "uid"]] ?? ""]
             if !type.group.isEmpty { details["group"] = .string(type.group) }

@@ -44,6 +44,15 @@ package protocol TunnelForwarder: Sendable {
     /// Sends the request (its body already read) and hands the response to `emit` as
     /// it arrives: the head first, then body chunks. Returns when the response ends.
     func forward(_ request: TunnelRequest, body: ByteBuffer, emit: @Sendable (TunnelEvent) async throws -> Void) async throws
+    /// These sessions ended: delete their just-in-time accounts.
+    func sessionsEnded(_ ids: Set<String>) async
+    /// Only these sessions are live: delete the accounts of any other (and of expired ones).
+    func liveSessions(_ ids: Set<String>) async
+}
+
+extension TunnelForwarder {
+    package func sessionsEnded(_ ids: Set<String>) async {}
+    package func liveSessions(_ ids: Set<String>) async {}
 }
 
 /// Without a Kubernetes API there is nothing to carry requests to.
@@ -100,6 +109,15 @@ package final class KubeForwarder: TunnelForwarder {
             let name = header.name.lowercased()
             return !dropped.contains(name) && !name.hasPrefix("impersonate-")
         }
+    }
+
+    package func sessionsEnded(_ ids: Set<String>) async {
+        await accounts.delete { session, _ in ids.contains(session) }
+    }
+
+    package func liveSessions(_ ids: Set<String>) async {
+        let now = Date()
+        await accounts.delete { session, expires in !ids.contains(session) || (expires.map { $0 <= now } ?? false) }
     }
 
     package func forward(_ request: TunnelRequest, body: ByteBuffer, emit: @Sendable (TunnelEvent) async throws -> Void) async throws {
@@ -213,6 +231,46 @@ package actor JITAccounts {
             guard labels["app.kubernetes.io/managed-by"] == "tether", annotations[Self.sessionAnnotation] == session else {
                 throw TetherError(.conflict, "\(resource.kind) \(namespace.map { "\($0)/" } ?? "")\(name) exists and is not this session's; it was left as it is")
             }
+        }
+    }
+
+    /// Deletes the just-in-time objects (bindings first, then accounts) whose session
+    /// `matching` picks. Only objects carrying all of Tether's marks are touched, each
+    /// deleted at the exact version read (uid and resourceVersion preconditions).
+    func delete(where matching: @Sendable (_ session: String, _ expires: Date?) -> Bool) async {
+        let selector = "app.kubernetes.io/managed-by=tether,\(Self.jitLabel)=true"
+        var deleted: [String] = []
+        var ended = Set<String>()
+        for (resource, namespace) in [(KubeResource.clusterRoleBinding, nil), (.roleBinding, nil), (.serviceAccount, Optional(self.namespace))] {
+            let items: [[String: Any]]
+            do {
+                items = try await client.list(resource, namespace: namespace, labelSelector: selector).items
+            } catch {
+                logger.error("cannot list just-in-time objects to delete", metadata: ["kind": "\(resource.kind)", "error": "\(error)"])
+                continue
+            }
+            for item in items {
+                let metadata = item["metadata"] as? [String: Any] ?? [:]
+                let annotations = metadata["annotations"] as? [String: String] ?? [:]
+                let labels = metadata["labels"] as? [String: String] ?? [:]
+                guard labels["app.kubernetes.io/managed-by"] == "tether", labels[Self.jitLabel] == "true",
+                      let session = annotations[Self.sessionAnnotation], let name = metadata["name"] as? String else { continue }
+                let expires = annotations["tether.dev/expires"].flatMap { ISO8601DateFormatter().date(from: $0) }
+                guard matching(session, expires) else { continue }
+                let objectNamespace = metadata["namespace"] as? String
+                do {
+                    try await client.delete(resource, namespace: objectNamespace, name: name, uid: metadata["uid"] as? String,
+                                            resourceVersion: metadata["resourceVersion"] as? String)
+                    deleted.append("\(resource.kind)/\(objectNamespace.map { "\($0)/" } ?? "")\(name)")
+                    ended.insert(session)
+                } catch {
+                    logger.error("cannot delete a just-in-time object", metadata: ["object": "\(resource.kind)/\(name)", "error": "\(error)"])
+                }
+            }
+        }
+        for session in ended { cache[session] = nil }
+        if !deleted.isEmpty {
+            logger.notice("just-in-time access removed", metadata: ["sessions": "\(ended.sorted().joined(separator: ","))", "objects": "\(deleted.joined(separator: ", "))"])
         }
     }
 

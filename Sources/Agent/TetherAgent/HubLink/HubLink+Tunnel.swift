@@ -21,12 +21,24 @@ extension HubLink {
     /// port-forward stream instead).
     static let maxTunnelRequestBody = 16 << 20
 
-    /// Runs every tunnel the hub asks for, each on its own RPC, concurrently, for as
-    /// long as the channel is up.
-    func runTunnels(_ requests: AsyncStream<Tether_V1_OpenTunnel>, client: GRPCClient<HTTP2ClientTransport.Posix>) async {
+    /// What the hub says about people's access on the channel.
+    enum AccessMessage: Sendable {
+        case open(Tether_V1_OpenTunnel)
+        case ended(Set<String>)
+        case live(Set<String>)
+    }
+
+    /// Runs every tunnel the hub asks for, each on its own RPC, concurrently, and
+    /// the deletions of ended sessions' accounts, for as long as the channel is up.
+    func runTunnels(_ messages: AsyncStream<AccessMessage>, client: GRPCClient<HTTP2ClientTransport.Posix>) async {
+        let forwarder = self.forwarder
         await withDiscardingTaskGroup { group in
-            for await open in requests {
-                group.addTask { await self.runTunnel(open, client: client) }
+            for await message in messages {
+                switch message {
+                case .open(let open): group.addTask { await self.runTunnel(open, client: client) }
+                case .ended(let ids): group.addTask { await forwarder.sessionsEnded(ids) }
+                case .live(let ids): group.addTask { await forwarder.liveSessions(ids) }
+                }
             }
         }
     }

@@ -189,7 +189,7 @@ package final class HubLink: Service, Sendable {
         let pendingKey = Locked<P256.Signing.PrivateKey?>(nil)
         let (desiredStates, desiredWriter) = AsyncStream.makeStream(of: Tether_V1_DesiredState.self, bufferingPolicy: .bufferingNewest(1))
         let (welcomes, welcomeWriter) = AsyncStream.makeStream(of: Tether_V1_Welcome.self, bufferingPolicy: .bufferingNewest(1))
-        let (tunnels, tunnelWriter) = AsyncStream.makeStream(of: Tether_V1_OpenTunnel.self)
+        let (tunnels, tunnelWriter) = AsyncStream.makeStream(of: AccessMessage.self)
         let supervisor = Locked(ChannelSupervisor())
         return try await withThrowingTaskGroup(of: Void.self) { group in
             defer { group.cancelAll() }
@@ -251,7 +251,7 @@ package final class HubLink: Service, Sendable {
         _ messages: RPCAsyncSequence<Tether_V1_HubMessage, any Error>,
         welcome: AsyncStream<Tether_V1_Welcome>.Continuation,
         desired: AsyncStream<Tether_V1_DesiredState>.Continuation,
-        tunnels: AsyncStream<Tether_V1_OpenTunnel>.Continuation,
+        tunnels: AsyncStream<AccessMessage>.Continuation,
         pendingKey: Locked<P256.Signing.PrivateKey?>,
         identity: Locked<AgentIdentity>
     ) async throws {
@@ -270,7 +270,11 @@ package final class HubLink: Service, Sendable {
                 // Only the newest matters: a later revision replaces one not yet applied.
                 desired.yield(state)
             case .openTunnel(let open):
-                tunnels.yield(open)
+                tunnels.yield(.open(open))
+            case .sessionsEnded(let ended):
+                tunnels.yield(.ended(Set(ended.sessionIds)))
+            case .liveSessions(let live):
+                tunnels.yield(.live(Set(live.sessionIds)))
             case .heartbeatAck, .none:
                 continue
             }

@@ -35,6 +35,12 @@ enum KubeAccess {
             scope: .cluster, apiGroups: [KubeResource.clusterRole.group], resources: [KubeResource.clusterRole.plural, KubeResource.role.plural],
             verbs: ["bind", "escalate"],
             why: "without these the API server refuses roles, and bindings to roles, that grant what the agent does not hold itself"))
+        rules.append(KubeAccessRule(
+            scope: .ownNamespace, apiGroups: [""], resources: [KubeResource.serviceAccount.plural], verbs: ["get", "list", "create", "delete"],
+            why: "just-in-time service accounts, one per person's session, made on their first request through the hub and deleted when the session ends"))
+        rules.append(KubeAccessRule(
+            scope: .ownNamespace, apiGroups: [""], resources: [KubeResource.serviceAccount.plural + "/token"], verbs: ["create"],
+            why: "a TokenRequest token for a just-in-time account, which expires with the session (at most an hour)"))
         let secrets = [identitySecret, auditSecret].compactMap { $0 }
         if !secrets.isEmpty {
             rules.append(KubeAccessRule(

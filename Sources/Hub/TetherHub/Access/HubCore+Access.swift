@@ -208,6 +208,8 @@ extension HubCore {
             }
         }
         for session in revoked { logger.info("session revoked", metadata: ["session": "\(session.id)", "user": "\(session.user)"]) }
+        // Every agent deletes the sessions' just-in-time accounts now.
+        if !revoked.isEmpty { registry.broadcast(.sessionsEnded(revoked.map(\.id))) }
         return revoked
     }
 }

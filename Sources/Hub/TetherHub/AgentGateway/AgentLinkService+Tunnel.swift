@@ -29,6 +29,17 @@ extension Tether_V1_OpenTunnel {
     }
 }
 
+extension Tether_V1_HubMessage {
+    init(_ message: ControlMessage) {
+        self.init()
+        switch message {
+        case .openTunnel(let request): openTunnel = Tether_V1_OpenTunnel(request)
+        case .sessionsEnded(let ids): sessionsEnded = .with { $0.sessionIds = ids }
+        case .liveSessions(let ids): liveSessions = .with { $0.sessionIds = ids }
+        }
+    }
+}
+
 extension TunnelFrame {
     init?(proto frame: Tether_V1_TunnelFrame) {
         switch frame.kind {

@@ -101,8 +101,8 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                     session.close(reason)
                 }, deliver: { state in
                     session.send(state, to: outbox)
-                }, openTunnel: { request in
-                    outbox.yield(.with { $0.openTunnel = Tether_V1_OpenTunnel(request) })
+                }, control: { message in
+                    outbox.yield(Tether_V1_HubMessage(message))
                 })
                 // A removal that raced this connection's interceptor check still wins.
                 guard try await core.database.standing(ofCertificate: serial) == .active else {
@@ -117,6 +117,8 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 // Welcome first; then what the store has (if newer than the agent's), and
                 // from then on each state `publish` hands over, newest only.
                 session.welcome(.with { $0.welcome = welcome }, to: outbox)
+                // The sessions live now: the agent removes accounts of any that ended while it was away.
+                outbox.yield(Tether_V1_HubMessage(.liveSessions(try await core.database.sessions(now: core.clock.now()).map(\.id))))
                 if let stored = try await core.database.desiredState(cluster.rawValue) { session.send(stored, to: outbox) }
             case .acknowledgeHeartbeat(let agentVersion):
                 session.agentVersion = agentVersion

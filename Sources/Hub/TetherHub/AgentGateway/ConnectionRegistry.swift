@@ -3,6 +3,15 @@ import HubStore
 import Shared
 import Synchronization
 
+/// What the hub tells an agent on its channel besides policy.
+enum ControlMessage: Sendable {
+    case openTunnel(TunnelRequest)
+    /// Delete these sessions' just-in-time accounts now.
+    case sessionsEnded([String])
+    /// Every session live at the hub: delete the accounts of any other.
+    case liveSessions([String])
+}
+
 /// One of the per-cluster streams an agent keeps open to the hub.
 enum AgentStream: String, CaseIterable, Sendable {
     /// `Connect`: presence, heartbeats, policy, renewal.
@@ -28,8 +37,8 @@ struct ConnectionTable {
         let close: @Sendable (TetherError) -> Void
         /// Hands the session the cluster's new desired state to send (links only).
         let deliver: @Sendable (DesiredState) -> Void
-        /// Asks the agent to open a tunnel for a request (links only).
-        let openTunnel: @Sendable (TunnelRequest) -> Void
+        /// Sends the agent a control message (links only).
+        let control: @Sendable (ControlMessage) -> Void
         /// When the certificate the stream lives on runs out (as renewed on a link).
         let certificateDeadline: @Sendable () -> Date?
     }
@@ -46,13 +55,13 @@ struct ConnectionTable {
     mutating func register(
         _ cluster: ClusterName, stream: AgentStream, peer: String,
         close: @escaping @Sendable (TetherError) -> Void, deliver: @escaping @Sendable (DesiredState) -> Void,
-        openTunnel: @escaping @Sendable (TunnelRequest) -> Void = { _ in },
+        control: @escaping @Sendable (ControlMessage) -> Void = { _ in },
         certificateDeadline: @escaping @Sendable () -> Date?
     ) -> (id: UInt64, replaced: Registration?) {
         let id = nextID
         nextID += 1
         if stream == .link { linksOpened += 1 }
-        let registration = Registration(id: id, stream: stream, peer: peer, close: close, deliver: deliver, openTunnel: openTunnel,
+        let registration = Registration(id: id, stream: stream, peer: peer, close: close, deliver: deliver, control: control,
                                         certificateDeadline: certificateDeadline)
         let replaced = clusters[cluster, default: [:]].updateValue(registration, forKey: stream)
         if stream == .link, replaced == nil { linkCount += 1 }
@@ -101,10 +110,10 @@ final class ConnectionRegistry: Sendable {
         _ cluster: ClusterName, stream: AgentStream = .link, peer: String = "",
         certificateDeadline: @escaping @Sendable () -> Date? = { nil },
         close: @escaping @Sendable (TetherError) -> Void, deliver: @escaping @Sendable (DesiredState) -> Void = { _ in },
-        openTunnel: @escaping @Sendable (TunnelRequest) -> Void = { _ in }
+        control: @escaping @Sendable (ControlMessage) -> Void = { _ in }
     ) -> UInt64 {
         let (id, previous, count) = table.withLock { t in
-            let (id, previous) = t.register(cluster, stream: stream, peer: peer, close: close, deliver: deliver, openTunnel: openTunnel,
+            let (id, previous) = t.register(cluster, stream: stream, peer: peer, close: close, deliver: deliver, control: control,
                                             certificateDeadline: certificateDeadline)
             return (id, previous, t.linkCount)
         }
@@ -136,8 +145,13 @@ final class ConnectionRegistry: Sendable {
     /// Asks the cluster's link, if connected, to open a tunnel; false when there is none.
     func openTunnel(_ cluster: ClusterName, _ request: TunnelRequest) -> Bool {
         guard let link = table.withLock({ $0.registration(cluster, .link) }) else { return false }
-        link.openTunnel(request)
+        link.control(.openTunnel(request))
         return true
+    }
+
+    /// Sends every connected agent a control message.
+    func broadcast(_ message: ControlMessage) {
+        for link in table.withLock({ $0.all.filter { $0.stream == .link } }) { link.control(message) }
     }
 
     /// Closes every stream: graceful shutdown.

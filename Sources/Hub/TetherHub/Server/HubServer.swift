@@ -19,6 +19,8 @@ struct HubConfiguration: Sendable {
     /// A certificate and key (PEM) the access listener serves instead of the hub's own.
     var accessTLSCertificate: String?
     var accessTLSKey: String?
+    /// How often agents are told the live sessions (they delete other sessions' accounts).
+    var sessionSweepInterval: Duration = .seconds(60)
     /// Names and addresses agents dial; the serving certificate covers all of them
     /// and join strings carry the first.
     var advertise: [String] = HubConfiguration.defaultAdvertise
@@ -103,6 +105,7 @@ final class HubServer: Sendable {
             // Presence first: it stops last, after the channels whose last sightings it writes.
             .init(service: core.presence),
             .init(service: AuditRetentionService(core: core, retention: configuration.auditRetention)),
+            .init(service: SessionSweepService(core: core, interval: configuration.sessionSweepInterval)),
             .init(service: admin), .init(service: gateway),
         ]
         if let accessListen = configuration.accessListen {

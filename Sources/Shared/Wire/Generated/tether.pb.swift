@@ -172,6 +172,22 @@ public nonisolated struct Tether_V1_HubMessage: Sendable {
     set {kind = .openTunnel(newValue)}
   }
 
+  public var sessionsEnded: Tether_V1_SessionsEnded {
+    get {
+      if case .sessionsEnded(let v)? = kind {return v}
+      return Tether_V1_SessionsEnded()
+    }
+    set {kind = .sessionsEnded(newValue)}
+  }
+
+  public var liveSessions: Tether_V1_LiveSessions {
+    get {
+      if case .liveSessions(let v)? = kind {return v}
+      return Tether_V1_LiveSessions()
+    }
+    set {kind = .liveSessions(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -180,8 +196,39 @@ public nonisolated struct Tether_V1_HubMessage: Sendable {
     case renewed(Tether_V1_RenewResponse)
     case desired(Tether_V1_DesiredState)
     case openTunnel(Tether_V1_OpenTunnel)
+    case sessionsEnded(Tether_V1_SessionsEnded)
+    case liveSessions(Tether_V1_LiveSessions)
 
   }
+
+  public init() {}
+}
+
+/// These sessions ended (revoked, or their person disabled): delete their
+/// just-in-time accounts now.
+public nonisolated struct Tether_V1_SessionsEnded: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sessionIds: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Every session live at the hub, sent after Welcome and every minute: the agent
+/// deletes just-in-time accounts of any other session (nothing dangles after a
+/// lost message, a crash or an expiry).
+public nonisolated struct Tether_V1_LiveSessions: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sessionIds: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
@@ -763,7 +810,7 @@ nonisolated extension Tether_V1_AgentMessage: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tether_V1_HubMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HubMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}welcome\0\u{3}heartbeat_ack\0\u{1}renewed\0\u{1}desired\0\u{3}open_tunnel\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}welcome\0\u{3}heartbeat_ack\0\u{1}renewed\0\u{1}desired\0\u{3}open_tunnel\0\u{3}sessions_ended\0\u{3}live_sessions\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -836,6 +883,32 @@ nonisolated extension Tether_V1_HubMessage: SwiftProtobuf.Message, SwiftProtobuf
           self.kind = .openTunnel(v)
         }
       }()
+      case 6: try {
+        var v: Tether_V1_SessionsEnded?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .sessionsEnded(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .sessionsEnded(v)
+        }
+      }()
+      case 7: try {
+        var v: Tether_V1_LiveSessions?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .liveSessions(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .liveSessions(v)
+        }
+      }()
       default: break
       }
     }
@@ -867,6 +940,14 @@ nonisolated extension Tether_V1_HubMessage: SwiftProtobuf.Message, SwiftProtobuf
       guard case .openTunnel(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     }()
+    case .sessionsEnded?: try {
+      guard case .sessionsEnded(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    }()
+    case .liveSessions?: try {
+      guard case .liveSessions(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -874,6 +955,66 @@ nonisolated extension Tether_V1_HubMessage: SwiftProtobuf.Message, SwiftProtobuf
 
   public static func ==(lhs: Tether_V1_HubMessage, rhs: Tether_V1_HubMessage) -> Bool {
     if lhs.kind != rhs.kind {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tether_V1_SessionsEnded: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".SessionsEnded"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}session_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.sessionIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sessionIds.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.sessionIds, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tether_V1_SessionsEnded, rhs: Tether_V1_SessionsEnded) -> Bool {
+    if lhs.sessionIds != rhs.sessionIds {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Tether_V1_LiveSessions: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LiveSessions"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}session_ids\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedStringField(value: &self.sessionIds) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.sessionIds.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.sessionIds, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Tether_V1_LiveSessions, rhs: Tether_V1_LiveSessions) -> Bool {
+    if lhs.sessionIds != rhs.sessionIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
