@@ -84,6 +84,22 @@ import Testing
         #expect(audited.count >= 4)
         #expect(audited.contains { String(decoding: $0.event, as: UTF8.self).contains("DELETE /api/v1/namespaces/default/configmaps/notes") })
 
+        // A role change at the hub reaches the cluster by itself, within 5 s.
+        try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: """
+            apiVersion: tether.dev/v1
+            kind: AccessRole
+            metadata: {name: prod-view}
+            spec:
+              subjects: [{kind: Group, name: developers}]
+              clusterSelector: {matchLabels: {env: prod}}
+              clusterRoles: [admin]
+            """, file: "roles.yaml"))
+        try await eventually(timeout: .seconds(5), "bindings follow the role change") {
+            emulator.objects(.clusterRoleBindings).filter { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) == true }
+                .compactMap { $0[path: ["roleRef", "name"]]?.string } == ["admin"]
+                && emulator.objects(.roleBindings, namespace: "default").allSatisfy { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) != true }
+        }
+
         // Revoking the session deletes the account and its bindings within 5 s, and
         // its token stops working at the API server.
         let tokenBefore = emulator.authorizationChecks(userAgentPrefix: "kubectl").count
@@ -122,11 +138,17 @@ import Testing
         #expect(emulator.objects(.serviceAccounts, namespace: "default").count == 4)
 
         let forwarder = try KubeForwarder(connection: try KubeConnection.kubeconfig(path: dir.sub("kubeconfig")), accounts: accounts, logger: testLogger)
-        await forwarder.liveSessions(["live", "expired"])
+        let live = JITAccounts.accountName(user: "bob", session: "live")
+        // The hub lists "live" (now granted edit, no longer view) and "expired"; "gone" is not listed.
+        var changed = grant("live", expires: Date().addingTimeInterval(3600))
+        changed.clusterRoles = ["edit"]
+        await forwarder.liveSessions([changed, grant("expired", expires: Date().addingTimeInterval(-5))])
         let left = Set(emulator.objects(.serviceAccounts, namespace: "default").compactMap { $0[path: ["metadata", "name"]]?.string })
-        #expect(left == [JITAccounts.accountName(user: "bob", session: "live"), "tether-bob-lookalike"])
-        #expect(emulator.objects(.clusterRoleBindings).compactMap { $0[path: ["metadata", "name"]]?.string }
-            == ["\(JITAccounts.accountName(user: "bob", session: "live"))-view"])
+        #expect(left == [live, "tether-bob-lookalike"])
+        #expect(emulator.objects(.clusterRoleBindings).compactMap { $0[path: ["metadata", "name"]]?.string } == ["\(live)-edit"])
+        // A session the hub lists that never reached this cluster gets no account here.
+        await forwarder.liveSessions([changed, grant("elsewhere", expires: Date().addingTimeInterval(3600))])
+        #expect(emulator.objects(.serviceAccounts, namespace: "default").count == 2)
         try await forwarder.shutdown()
         try await client.shutdown()
         await emulator.stop()

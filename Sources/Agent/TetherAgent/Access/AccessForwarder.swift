@@ -46,13 +46,14 @@ package protocol TunnelForwarder: Sendable {
     func forward(_ request: TunnelRequest, body: ByteBuffer, emit: @Sendable (TunnelEvent) async throws -> Void) async throws
     /// These sessions ended: delete their just-in-time accounts.
     func sessionsEnded(_ ids: Set<String>) async
-    /// Only these sessions are live: delete the accounts of any other (and of expired ones).
-    func liveSessions(_ ids: Set<String>) async
+    /// Only these sessions are live here, with these grants: delete the accounts of any
+    /// other (and of expired ones) and the bindings no longer granted; bind what is newly granted.
+    func liveSessions(_ grants: [PersonGrant]) async
 }
 
 extension TunnelForwarder {
     package func sessionsEnded(_ ids: Set<String>) async {}
-    package func liveSessions(_ ids: Set<String>) async {}
+    package func liveSessions(_ grants: [PersonGrant]) async {}
 }
 
 /// Without a Kubernetes API there is nothing to carry requests to.
@@ -112,12 +113,11 @@ package final class KubeForwarder: TunnelForwarder {
     }
 
     package func sessionsEnded(_ ids: Set<String>) async {
-        await accounts.delete { session, _ in ids.contains(session) }
+        await accounts.reconcile(ending: ids)
     }
 
-    package func liveSessions(_ ids: Set<String>) async {
-        let now = Date()
-        await accounts.delete { session, expires in !ids.contains(session) || (expires.map { $0 <= now } ?? false) }
+    package func liveSessions(_ grants: [PersonGrant]) async {
+        await accounts.reconcile(live: Dictionary(grants.map { ($0.sessionID, $0) }) { a, _ in a })
     }
 
     package func forward(_ request: TunnelRequest, body: ByteBuffer, emit: @Sendable (TunnelEvent) async throws -> Void) async throws {
@@ -234,20 +234,27 @@ package actor JITAccounts {
         }
     }
 
-    /// Deletes the just-in-time objects (bindings first, then accounts) whose session
-    /// `matching` picks. Only objects carrying all of Tether's marks are touched, each
-    /// deleted at the exact version read (uid and resourceVersion preconditions).
-    func delete(where matching: @Sendable (_ session: String, _ expires: Date?) -> Bool) async {
+    /// A just-in-time object as listed: only ones carrying all of Tether's marks.
+    struct Marked {
+        let resource: KubeResource
+        let namespace: String?
+        let name: String
+        let uid: String?
+        let resourceVersion: String?
+        let session: String
+        let expires: Date?
+    }
+
+    func listMarked() async -> [Marked]? {
         let selector = "app.kubernetes.io/managed-by=tether,\(Self.jitLabel)=true"
-        var deleted: [String] = []
-        var ended = Set<String>()
+        var found: [Marked] = []
         for (resource, namespace) in [(KubeResource.clusterRoleBinding, nil), (.roleBinding, nil), (.serviceAccount, Optional(self.namespace))] {
             let items: [[String: Any]]
             do {
                 items = try await client.list(resource, namespace: namespace, labelSelector: selector).items
             } catch {
-                logger.error("cannot list just-in-time objects to delete", metadata: ["kind": "\(resource.kind)", "error": "\(error)"])
-                continue
+                logger.error("cannot list just-in-time objects", metadata: ["kind": "\(resource.kind)", "error": "\(error)"])
+                return nil
             }
             for item in items {
                 let metadata = item["metadata"] as? [String: Any] ?? [:]
@@ -255,22 +262,67 @@ package actor JITAccounts {
                 let labels = metadata["labels"] as? [String: String] ?? [:]
                 guard labels["app.kubernetes.io/managed-by"] == "tether", labels[Self.jitLabel] == "true",
                       let session = annotations[Self.sessionAnnotation], let name = metadata["name"] as? String else { continue }
-                let expires = annotations["tether.dev/expires"].flatMap { ISO8601DateFormatter().date(from: $0) }
-                guard matching(session, expires) else { continue }
-                let objectNamespace = metadata["namespace"] as? String
-                do {
-                    try await client.delete(resource, namespace: objectNamespace, name: name, uid: metadata["uid"] as? String,
-                                            resourceVersion: metadata["resourceVersion"] as? String)
-                    deleted.append("\(resource.kind)/\(objectNamespace.map { "\($0)/" } ?? "")\(name)")
-                    ended.insert(session)
-                } catch {
-                    logger.error("cannot delete a just-in-time object", metadata: ["object": "\(resource.kind)/\(name)", "error": "\(error)"])
-                }
+                found.append(Marked(resource: resource, namespace: metadata["namespace"] as? String, name: name, uid: metadata["uid"] as? String,
+                                    resourceVersion: metadata["resourceVersion"] as? String, session: session,
+                                    expires: annotations["tether.dev/expires"].flatMap { ISO8601DateFormatter().date(from: $0) }))
             }
         }
-        for session in ended { cache[session] = nil }
+        return found
+    }
+
+    /// Deletes these sessions' objects now (a revocation).
+    func reconcile(ending sessions: Set<String>) async {
+        guard let marked = await listMarked() else { return }
+        await remove(marked.filter { sessions.contains($0.session) })
+    }
+
+    /// Brings the cluster in line with the hub: objects of sessions not live here (or
+    /// expired) are deleted, bindings no longer granted are deleted, and bindings
+    /// newly granted are added to accounts that exist. Accounts are not created
+    /// here: only a person's first request makes one.
+    func reconcile(live: [String: PersonGrant]) async {
+        guard let marked = await listMarked() else { return }
+        let now = Date()
+        var doomed: [Marked] = []
+        for object in marked {
+            guard let grant = live[object.session], (object.expires ?? .distantFuture) > now, grant.sessionExpires > now else {
+                doomed.append(object)
+                continue
+            }
+            if object.resource != .serviceAccount {
+                let account = Self.accountName(user: grant.user, session: grant.sessionID)
+                let wanted = Set(bindings(for: account, grant: grant).map(\.name))
+                if !wanted.contains(object.name) { doomed.append(object) }
+            }
+        }
+        await remove(doomed)
+        for object in marked where object.resource == .serviceAccount && !doomed.contains(where: { $0.name == object.name && $0.resource == .serviceAccount }) {
+            guard let grant = live[object.session] else { continue }
+            do {
+                try await ensureBindings(object.name, grant: grant)
+            } catch {
+                logger.error("cannot bind newly granted roles", metadata: ["account": "\(object.name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Deletes objects (bindings first, then accounts), each at the exact version read.
+    func remove(_ objects: [Marked]) async {
+        var deleted: [String] = []
+        var sessions = Set<String>()
+        for object in objects.sorted(by: { ($0.resource == .serviceAccount ? 1 : 0) < ($1.resource == .serviceAccount ? 1 : 0) }) {
+            do {
+                try await client.delete(object.resource, namespace: object.namespace, name: object.name, uid: object.uid, resourceVersion: object.resourceVersion)
+                deleted.append("\(object.resource.kind)/\(object.namespace.map { "\($0)/" } ?? "")\(object.name)")
+                if object.resource == .serviceAccount { sessions.insert(object.session) }
+            } catch {
+                logger.error("cannot delete a just-in-time object", metadata: ["object": "\(object.resource.kind)/\(object.name)", "error": "\(error)"])
+            }
+        }
+        for session in Set(objects.map(\.session)) { cache[session] = nil }
         if !deleted.isEmpty {
-            logger.notice("just-in-time access removed", metadata: ["sessions": "\(ended.sorted().joined(separator: ","))", "objects": "\(deleted.joined(separator: ", "))"])
+            logger.notice("just-in-time access removed", metadata: ["accountsOfSessions": "\(sessions.sorted().joined(separator: ","))",
+                                                                    "objects": "\(deleted.joined(separator: ", "))"])
         }
     }
 
@@ -282,28 +334,38 @@ package actor JITAccounts {
         ], session: grant.sessionID)
     }
 
-    func ensureBindings(_ name: String, grant: PersonGrant) async throws {
+    /// The bindings an account gets for a grant: a ClusterRoleBinding per ClusterRole,
+    /// a RoleBinding per namespaced ClusterRole or Role.
+    func bindings(for name: String, grant: PersonGrant) -> [(resource: KubeResource, namespace: String?, name: String, object: [String: Any])] {
         let (labels, annotations) = marks(grant)
         let subject: [String: Any] = ["kind": "ServiceAccount", "name": name, "namespace": namespace]
+        var out: [(resource: KubeResource, namespace: String?, name: String, object: [String: Any])] = []
         for role in grant.clusterRoles {
             let binding = "\(name)-\(role)"
-            try await create(.clusterRoleBinding, namespace: nil, name: binding, object: [
+            out.append((.clusterRoleBinding, nil, binding, [
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
                 "metadata": ["name": binding, "labels": labels, "annotations": annotations],
                 "roleRef": ["apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role],
                 "subjects": [subject],
-            ], session: grant.sessionID)
+            ]))
         }
         for (ns, roles) in grant.namespaces.sorted(by: { $0.key < $1.key }) {
             for (kind, role) in roles.clusterRoles.map({ ("ClusterRole", $0) }) + roles.roles.map({ ("Role", $0) }) {
                 let binding = "\(name)-\(kind.lowercased())-\(role)"
-                try await create(.roleBinding, namespace: ns, name: binding, object: [
+                out.append((.roleBinding, ns, binding, [
                     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                     "metadata": ["name": binding, "namespace": ns, "labels": labels, "annotations": annotations],
                     "roleRef": ["apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role],
                     "subjects": [subject],
-                ], session: grant.sessionID)
+                ]))
             }
+        }
+        return out
+    }
+
+    func ensureBindings(_ name: String, grant: PersonGrant) async throws {
+        for binding in bindings(for: name, grant: grant) {
+            try await create(binding.resource, namespace: binding.namespace, name: binding.name, object: binding.object, session: grant.sessionID)
         }
     }
 }

@@ -7,12 +7,18 @@ import Synchronization
 
 extension TunnelRequest {
     init(proto open: Tether_V1_OpenTunnel) {
-        var namespaces: [String: (clusterRoles: [String], roles: [String])] = [:]
-        for ns in open.grant.namespaces { namespaces[ns.namespace] = (ns.clusterRoles, ns.roles) }
         self.init(id: open.id, method: open.method, path: open.path, headers: open.headers.map { ($0.name, $0.value) },
-                  grant: PersonGrant(user: open.grant.user, groups: open.grant.groups, sessionID: open.grant.sessionID,
-                                     sessionExpires: Date(timeIntervalSince1970: TimeInterval(open.grant.sessionExpiresUnix)),
-                                     clusterRoles: open.grant.clusterRoles, namespaces: namespaces))
+                  grant: PersonGrant(proto: open.grant))
+    }
+}
+
+extension PersonGrant {
+    init(proto grant: Tether_V1_AccessGrant) {
+        var namespaces: [String: (clusterRoles: [String], roles: [String])] = [:]
+        for ns in grant.namespaces { namespaces[ns.namespace] = (ns.clusterRoles, ns.roles) }
+        self.init(user: grant.user, groups: grant.groups, sessionID: grant.sessionID,
+                  sessionExpires: Date(timeIntervalSince1970: TimeInterval(grant.sessionExpiresUnix)),
+                  clusterRoles: grant.clusterRoles, namespaces: namespaces)
     }
 }
 
@@ -25,7 +31,7 @@ extension HubLink {
     enum AccessMessage: Sendable {
         case open(Tether_V1_OpenTunnel)
         case ended(Set<String>)
-        case live(Set<String>)
+        case live([PersonGrant])
     }
 
     /// Runs every tunnel the hub asks for, each on its own RPC, concurrently, and
@@ -37,7 +43,7 @@ extension HubLink {
                 switch message {
                 case .open(let open): group.addTask { await self.runTunnel(open, client: client) }
                 case .ended(let ids): group.addTask { await forwarder.sessionsEnded(ids) }
-                case .live(let ids): group.addTask { await forwarder.liveSessions(ids) }
+                case .live(let grants): group.addTask { await forwarder.liveSessions(grants) }
                 }
             }
         }

@@ -274,7 +274,7 @@ package final class HubLink: Service, Sendable {
             case .sessionsEnded(let ended):
                 tunnels.yield(.ended(Set(ended.sessionIds)))
             case .liveSessions(let live):
-                tunnels.yield(.live(Set(live.sessionIds)))
+                tunnels.yield(.live(live.sessions.map(PersonGrant.init(proto:))))
             case .heartbeatAck, .none:
                 continue
             }

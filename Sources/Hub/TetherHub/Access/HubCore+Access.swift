@@ -74,12 +74,14 @@ extension HubCore {
         }
         try await database.applyAccessRoles(roles, now: now, audit: records)
         logger.info("access roles applied", metadata: ["roles": "\(roles.map(\.name).joined(separator: ","))"])
+        await pushAccess()
     }
 
     func deleteAccessRole(_ name: String, by caller: Caller = .operator) async throws {
         let now = clock.now()
         let record = try auditEvent(HubAction(verb: "delete", resource: "accessroles", name: name, user: caller.user, code: 200, sourceIP: caller.address), at: now)
         try await database.deleteAccessRole(name, now: now, audit: [record])
+        await pushAccess()
     }
 
     /// The keys (`ClusterRole/NAME`, `Role/NS/NAME`) of roles the stored policy
@@ -127,6 +129,40 @@ extension HubCore {
     func explainAccess(user: String, groups: [String], cluster: ClusterName) async throws -> AccessDecision {
         let record = try await registeredCluster(cluster)
         return AccessDecision.evaluate(roles: try await database.accessRoles().map(\.role), user: user, groups: groups, clusterLabels: record.labels)
+    }
+
+    // MARK: What agents hold
+
+    /// The live sessions with a grant on `cluster`, and each one's grant there.
+    func liveGrants(on cluster: ClusterName) async throws -> [(session: SessionRecord, grants: AccessGrants)] {
+        guard let record = try await database.cluster(cluster), record.revokedAt == nil else { return [] }
+        return Self.grants(sessions: try await database.sessions(now: clock.now()), roles: try await database.accessRoles().map(\.role),
+                           labels: record.labels)
+    }
+
+    static func grants(sessions: [SessionRecord], roles: [AccessRole], labels: [String: String]) -> [(session: SessionRecord, grants: AccessGrants)] {
+        sessions.compactMap { session in
+            let decision = AccessDecision.evaluate(roles: roles, user: session.user, groups: session.groups, clusterLabels: labels)
+            return decision.allowed ? (session, decision.grants) : nil
+        }
+    }
+
+    /// Tells connected agents (all, or `only`) what every live session grants on
+    /// their cluster, so they delete accounts and bindings no longer granted and bind
+    /// what is newly granted: a role change takes effect without anyone touching a
+    /// cluster. Errors are logged: the minute's sweep tries again.
+    func pushAccess(only: ClusterName? = nil) async {
+        do {
+            let sessions = try await database.sessions(now: clock.now())
+            let roles = try await database.accessRoles().map(\.role)
+            let connected = only.map { registry.isConnected($0) ? [$0] : [] } ?? Array(registry.connected)
+            for cluster in connected {
+                guard let record = try await database.cluster(cluster), record.revokedAt == nil else { continue }
+                registry.control(cluster, .liveSessions(Self.grants(sessions: sessions, roles: roles, labels: record.labels)))
+            }
+        } catch {
+            logger.error("cannot tell agents the live sessions' grants", metadata: ["error": "\(error)"])
+        }
     }
 
     // MARK: Sessions

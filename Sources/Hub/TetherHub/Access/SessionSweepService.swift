@@ -14,11 +14,7 @@ struct SessionSweepService: Service {
         while !Task.isShuttingDownGracefully {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             guard !Task.isShuttingDownGracefully else { return }
-            do {
-                core.registry.broadcast(.liveSessions(try await core.database.sessions(now: core.clock.now()).map(\.id)))
-            } catch {
-                core.logger.error("cannot list live sessions for the agents' sweep", metadata: ["error": "\(error)"])
-            }
+            await core.pushAccess()
         }
     }
 }

@@ -12,18 +12,23 @@ extension Tether_V1_OpenTunnel {
         method = request.method
         path = request.path
         headers = request.headers.map { header in .with { $0.name = header.name; $0.value = header.value } }
-        grant = .with { grant in
-            grant.user = request.session.user
-            grant.groups = request.session.groups
-            grant.sessionID = request.session.id
-            grant.sessionExpiresUnix = Int64(request.session.expiresAt.timeIntervalSince1970)
-            grant.clusterRoles = request.grants.clusterRoles.sorted()
-            grant.namespaces = request.grants.namespaces.keys.sorted().map { name in
-                .with {
-                    $0.namespace = name
-                    $0.clusterRoles = request.grants.namespaces[name]!.clusterRoles.sorted()
-                    $0.roles = request.grants.namespaces[name]!.roles.sorted()
-                }
+        grant = Tether_V1_AccessGrant(session: request.session, grants: request.grants)
+    }
+}
+
+extension Tether_V1_AccessGrant {
+    init(session: SessionRecord, grants: AccessGrants) {
+        self.init()
+        user = session.user
+        groups = session.groups
+        sessionID = session.id
+        sessionExpiresUnix = Int64(session.expiresAt.timeIntervalSince1970)
+        clusterRoles = grants.clusterRoles.sorted()
+        namespaces = grants.namespaces.keys.sorted().map { name in
+            .with {
+                $0.namespace = name
+                $0.clusterRoles = grants.namespaces[name]!.clusterRoles.sorted()
+                $0.roles = grants.namespaces[name]!.roles.sorted()
             }
         }
     }
@@ -35,7 +40,7 @@ extension Tether_V1_HubMessage {
         switch message {
         case .openTunnel(let request): openTunnel = Tether_V1_OpenTunnel(request)
         case .sessionsEnded(let ids): sessionsEnded = .with { $0.sessionIds = ids }
-        case .liveSessions(let ids): liveSessions = .with { $0.sessionIds = ids }
+        case .liveSessions(let live): liveSessions = .with { $0.sessions = live.map { Tether_V1_AccessGrant(session: $0.session, grants: $0.grants) } }
         }
     }
 }

@@ -117,8 +117,9 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 // Welcome first; then what the store has (if newer than the agent's), and
                 // from then on each state `publish` hands over, newest only.
                 session.welcome(.with { $0.welcome = welcome }, to: outbox)
-                // The sessions live now: the agent removes accounts of any that ended while it was away.
-                outbox.yield(Tether_V1_HubMessage(.liveSessions(try await core.database.sessions(now: core.clock.now()).map(\.id))))
+                // The sessions live now and what they grant here: the agent removes
+                // accounts and bindings that ended or changed while it was away.
+                outbox.yield(Tether_V1_HubMessage(.liveSessions(try await core.liveGrants(on: cluster))))
                 if let stored = try await core.database.desiredState(cluster.rawValue) { session.send(stored, to: outbox) }
             case .acknowledgeHeartbeat(let agentVersion):
                 session.agentVersion = agentVersion

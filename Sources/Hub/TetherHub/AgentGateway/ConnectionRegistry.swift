@@ -8,8 +8,9 @@ enum ControlMessage: Sendable {
     case openTunnel(TunnelRequest)
     /// Delete these sessions' just-in-time accounts now.
     case sessionsEnded([String])
-    /// Every session live at the hub: delete the accounts of any other.
-    case liveSessions([String])
+    /// Every live session with a grant on the cluster, and the grant: delete the
+    /// accounts of any other and the bindings no longer granted.
+    case liveSessions([(session: SessionRecord, grants: AccessGrants)])
 }
 
 /// One of the per-cluster streams an agent keeps open to the hub.
@@ -146,6 +147,14 @@ final class ConnectionRegistry: Sendable {
     func openTunnel(_ cluster: ClusterName, _ request: TunnelRequest) -> Bool {
         guard let link = table.withLock({ $0.registration(cluster, .link) }) else { return false }
         link.control(.openTunnel(request))
+        return true
+    }
+
+    /// Sends one cluster's agent, if connected, a control message.
+    @discardableResult
+    func control(_ cluster: ClusterName, _ message: ControlMessage) -> Bool {
+        guard let link = table.withLock({ $0.registration(cluster, .link) }) else { return false }
+        link.control(message)
         return true
     }
 

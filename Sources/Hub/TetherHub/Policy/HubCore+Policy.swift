@@ -38,6 +38,8 @@ extension HubCore {
                                message: "labels " + changes.map { "\($0.key)=\($0.value ?? "-")" }.sorted().joined(separator: ","))
         let (record, changed) = try await database.relabelCluster(name, changes: changes, now: now, audit: [try auditEvent(action, at: now)])
         publish(changed)
+        // The cluster may have entered or left AccessRoles' selectors.
+        await pushAccess(only: name)
         return record
     }
 

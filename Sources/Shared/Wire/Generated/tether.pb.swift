@@ -218,15 +218,16 @@ public nonisolated struct Tether_V1_SessionsEnded: Sendable {
   public init() {}
 }
 
-/// Every session live at the hub, sent after Welcome and every minute: the agent
-/// deletes just-in-time accounts of any other session (nothing dangles after a
-/// lost message, a crash or an expiry).
+/// Every live session with a grant on this cluster and what it grants, sent after
+/// Welcome, every minute and whenever AccessRoles or the cluster's labels change:
+/// the agent deletes the just-in-time accounts of any other session and the
+/// bindings no longer granted, and adds bindings newly granted to accounts it has.
 public nonisolated struct Tether_V1_LiveSessions: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var sessionIds: [String] = []
+  public var sessions: [Tether_V1_AccessGrant] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -992,7 +993,7 @@ nonisolated extension Tether_V1_SessionsEnded: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Tether_V1_LiveSessions: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".LiveSessions"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}session_ids\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sessions\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1000,21 +1001,21 @@ nonisolated extension Tether_V1_LiveSessions: SwiftProtobuf.Message, SwiftProtob
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeRepeatedStringField(value: &self.sessionIds) }()
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.sessions) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.sessionIds.isEmpty {
-      try visitor.visitRepeatedStringField(value: self.sessionIds, fieldNumber: 1)
+    if !self.sessions.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.sessions, fieldNumber: 1)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tether_V1_LiveSessions, rhs: Tether_V1_LiveSessions) -> Bool {
-    if lhs.sessionIds != rhs.sessionIds {return false}
+    if lhs.sessions != rhs.sessions {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
