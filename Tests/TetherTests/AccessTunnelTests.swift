@@ -1,5 +1,8 @@
+import AsyncHTTPClient
 import Foundation
 import KubeEmulator
+import NIOCore
+import NIOSSL
 import Shared
 import TestSupport
 import Testing
@@ -10,43 +13,71 @@ import Testing
 /// kubectl through hub, tunnel and agent to the API emulator, with a just-in-time
 /// service account bound to exactly the person's roles.
 @Suite struct AccessTunnelTests {
+    /// An emulated cluster `prod-eu` with its agent connected to a hub, an AccessRole
+    /// for group developers, and alice's session with a kubeconfig for it.
+    struct Fixture {
+        let dir: TemporaryDirectory
+        let emulator: KubeEmulator
+        let hub: TestHub
+        let agent: AgentRuntime
+        let agentTask: Task<Void, any Error>
+        let session: SessionRecord
+        let credential: String
+        let endpoint: AccessEndpoint
+        let kubeconfig: String
+
+        static func start(_ dir: TemporaryDirectory) async throws -> Fixture {
+            let emulator = try await KubeEmulator.start()
+            try emulator.writeKubeconfig(to: dir.sub("emulator-kubeconfig"))
+            let hub = try await TestHub.start(dataDir: dir.sub("hub"))
+            _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+            try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: """
+                apiVersion: tether.dev/v1
+                kind: AccessRole
+                metadata: {name: prod-view}
+                spec:
+                  subjects: [{kind: Group, name: developers}]
+                  clusterSelector: {matchLabels: {env: prod}}
+                  clusterRoles: [view]
+                  namespaces: [{name: default, clusterRoles: [edit]}]
+                """, file: "roles.yaml"))
+            var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try await hub.join("prod-eu"))
+            config.healthListen = nil
+            config.auditListen = nil
+            config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("emulator-kubeconfig"))
+            let agent = try AgentRuntime(configuration: config, logger: testLogger)
+            let agentTask = Task { try await agent.run() }
+            try await eventually("agent online") { try await hub.status("prod-eu") == .online }
+            let endpoint = try #require(await hub.core.accessEndpoint.value)
+            let (session, credential, _) = try await hub.core.createSession(user: "alice@example.com", groups: ["developers"], ttl: .seconds(3600))
+            let sessionFile = dir.sub("alice.session")
+            try SessionFile(hub: endpoint.url, user: session.user, credential: credential, expiresAt: session.expiresAt,
+                            caCertificate: endpoint.caCertificate).write(to: sessionFile)
+            let kubeconfig = dir.sub("kubeconfig")
+            let written = try await runCommand(try ChildProcess.binary("tether-hub"), ["kubeconfig", "--session", sessionFile, "--output", kubeconfig])
+            #expect(written.status == 0, "\(written.stderr)")
+            return Fixture(dir: dir, emulator: emulator, hub: hub, agent: agent, agentTask: agentTask, session: session, credential: credential,
+                           endpoint: endpoint, kubeconfig: kubeconfig)
+        }
+
+        func kubectl(_ args: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await runCommand(try Tools.kubectl(), ["--kubeconfig", kubeconfig, "--request-timeout", "20s"] + args, environment: ["HOME": dir.path])
+        }
+
+        func stop() async throws {
+            await agent.shutdown()
+            try await agentTask.value
+            try await hub.stop()
+            await emulator.stop()
+        }
+    }
+
     @Test func kubectlReachesTheClusterAsThePersonsJustInTimeAccount() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let emulator = try await KubeEmulator.start()
-        try emulator.writeKubeconfig(to: dir.sub("emulator-kubeconfig"))
-        let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
-        try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: """
-            apiVersion: tether.dev/v1
-            kind: AccessRole
-            metadata: {name: prod-view}
-            spec:
-              subjects: [{kind: Group, name: developers}]
-              clusterSelector: {matchLabels: {env: prod}}
-              clusterRoles: [view]
-              namespaces: [{name: default, clusterRoles: [edit]}]
-            """, file: "roles.yaml"))
-        var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try await hub.join("prod-eu"))
-        config.healthListen = nil
-        config.auditListen = nil
-        config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("emulator-kubeconfig"))
-        let agent = try AgentRuntime(configuration: config, logger: testLogger)
-        let agentTask = Task { try await agent.run() }
-        try await eventually("agent online") { try await hub.status("prod-eu") == .online }
-
-        let endpoint = try #require(await hub.core.accessEndpoint.value)
-        let (session, credential, _) = try await hub.core.createSession(user: "alice@example.com", groups: ["developers"], ttl: .seconds(3600))
-        let sessionFile = dir.sub("alice.session")
-        try SessionFile(hub: endpoint.url, user: session.user, credential: credential, expiresAt: session.expiresAt,
-                        caCertificate: endpoint.caCertificate).write(to: sessionFile)
-        let kubeconfig = dir.sub("kubeconfig")
-        let written = try await runCommand(try ChildProcess.binary("tether-hub"), ["kubeconfig", "--session", sessionFile, "--output", kubeconfig])
-        #expect(written.status == 0, "\(written.stderr)")
-        let kubectl = try Tools.kubectl()
-        func run(_ args: String...) async throws -> (status: Int32, stdout: String, stderr: String) {
-            try await runCommand(kubectl, ["--kubeconfig", kubeconfig, "--request-timeout", "20s"] + args, environment: ["HOME": dir.path])
-        }
+        let fixture = try await Fixture.start(dir)
+        let (emulator, hub, session) = (fixture.emulator, fixture.hub, fixture.session)
+        func run(_ args: String...) async throws -> (status: Int32, stdout: String, stderr: String) { try await fixture.kubectl(args) }
 
         // Write, read, list and delete, as alice.
         let manifest = dir.sub("cm.yaml")
@@ -113,10 +144,45 @@ import Testing
         #expect(refused.status != 0 && refused.stderr.contains("was revoked"), "\(refused.stderr)")
         #expect(emulator.authorizationChecks(userAgentPrefix: "kubectl").count == tokenBefore, "nothing reached the cluster after the revocation")
 
-        await agent.shutdown()
-        try await agentTask.value
-        try await hub.stop()
-        await emulator.stop()
+        try await fixture.stop()
+    }
+
+    @Test func aWatchStreamsAndOneNobodyReadsDoesNotDelayAnotherRequest() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let fixture = try await Fixture.start(dir)
+        func configMap(_ name: String, size: Int = 10) throws -> JSON {
+            try JSON.parse(JSONSerialization.data(withJSONObject: [
+                "apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": name, "namespace": "default"],
+                "data": ["blob": String(repeating: "x", count: size)],
+            ]))
+        }
+        // kubectl get -w through the hub receives events as they happen.
+        let watcher = try ChildProcess(try Tools.kubectl(), ["--kubeconfig", fixture.kubeconfig, "get", "configmaps", "-n", "default", "-w", "-o", "name"], environment: ["HOME": dir.path])
+        try await eventually("the watch is open") { fixture.emulator.authorizationChecks(userAgentPrefix: "kubectl").contains { $0.verb == "watch" } }
+        _ = try fixture.emulator.put(try configMap("first"))
+        try await watcher.waitForOutput(containing: "configmap/first", timeout: .seconds(10))
+
+        // A watch whose reader never reads, while the cluster writes far more than any
+        // window holds: the other person's requests go through regardless.
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array((fixture.endpoint.caCertificate ?? "").utf8)))
+        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        var stalled = HTTPClientRequest(url: fixture.endpoint.url + "/clusters/prod-eu/api/v1/namespaces/default/configmaps?watch=true")
+        stalled.headers.add(name: "Authorization", value: "Bearer \(fixture.credential)")
+        let response = try await client.execute(stalled, timeout: .seconds(30))
+        #expect(response.status.code == 200)
+        for i in 0..<120 { _ = try fixture.emulator.put(try configMap("big-\(i)", size: 200_000)) }
+        for i in 0..<10 {
+            let got = try await fixture.kubectl(["get", "configmap", "big-\(i)", "-n", "default", "-o", "name"])
+            #expect(got.status == 0 && got.stdout == "configmap/big-\(i)\n", "\(got.stderr)")
+        }
+        try await watcher.waitForOutput(containing: "configmap/big-119", timeout: .seconds(20))
+        watcher.signal(SIGTERM)
+        _ = await watcher.waitForExit()
+        _ = response
+        try await client.shutdown()
+        try await fixture.stop()
     }
 
     @Test func theSweepRemovesAccountsOfSessionsTheHubNoLongerLists() async throws {
