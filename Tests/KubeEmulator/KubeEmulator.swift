@@ -53,6 +53,10 @@ public final class KubeEmulator: Sendable {
         self.logger = logger
     }
 
+    /// Paths requested with no credential at all (the real server would treat them
+    /// as system:anonymous, or refuse them with --anonymous-auth=false, as this does).
+    public var anonymousRequests: [String] { handler.anonymous.withLock { $0 } }
+
     /// The authorization checks a real API server would have made so far, in order,
     /// for requests whose User-Agent starts with `userAgentPrefix`.
     public func authorizationChecks(userAgentPrefix: String = "") -> [AuthorizationCheck] {

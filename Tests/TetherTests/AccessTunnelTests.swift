@@ -185,6 +185,27 @@ import Testing
         try await fixture.stop()
     }
 
+    @Test func theHubProbesEachClustersDataPathThroughItsAgent() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let fixture = try await Fixture.start(dir)
+        let cluster = try ClusterName("prod-eu")
+        let ok = await fixture.hub.core.probeDataPath(cluster)
+        #expect(ok.ok, "\(ok.summary)")
+        #expect(try await fixture.hub.core.clusterViews().first?.dataPath?.hasPrefix("ok (") == true)
+        // The probe carries no credential at all (the emulator, like --anonymous-auth=false,
+        // answers 401, which still proves the API server is reachable).
+        #expect(Set(fixture.emulator.anonymousRequests) == ["/readyz"])
+        await fixture.emulator.stop()
+        let failing = await fixture.hub.core.probeDataPath(cluster)
+        #expect(!failing.ok)
+        #expect(failing.summary.hasPrefix("failing: API server answered 502: the agent cannot reach this cluster's API server"), "\(failing.summary)")
+        #expect(try await fixture.hub.status("prod-eu") == .online, "the channel is up; the data path is what fails")
+        await fixture.agent.shutdown()
+        try await fixture.agentTask.value
+        try await fixture.hub.stop()
+    }
+
     @Test func theSweepRemovesAccountsOfSessionsTheHubNoLongerLists() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

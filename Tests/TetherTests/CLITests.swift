@@ -56,7 +56,7 @@ import Testing
         #expect(listed.lastSeen != nil && listed.certificateExpiry != nil)
         let rawJSON = try await cli("cluster", "list", "--output", "json").stdout
         let keys = try (JSONSerialization.jsonObject(with: Data(rawJSON.utf8)) as! [[String: Any]]).first!.keys
-        #expect(Set(keys) == ["name", "labels", "status", "lastSeen", "agentVersion", "certificateExpiry"])
+        #expect(Set(keys) == ["name", "labels", "status", "lastSeen", "agentVersion", "certificateExpiry", "dataPath"])
         let table = try await cli("cluster", "list").stdout
         #expect(table.contains("NAME") && table.contains("prod-eu") && table.contains("online"))
 

@@ -70,7 +70,11 @@ final class APIHandler: Sendable {
         self.adminToken = adminToken
     }
 
+    /// Paths requested with no Authorization header at all, in order.
+    let anonymous = Mutex<[String]>([])
+
     func handle(_ request: APIRequest) -> APIResponse {
+        if request.authorization == nil { anonymous.withLock { $0.append(request.path) } }
         do {
             let user = try authenticate(request)
             return try route(request, user: user)

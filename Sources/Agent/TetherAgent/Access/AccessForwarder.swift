@@ -15,6 +15,8 @@ package struct TunnelRequest: Sendable {
     package var path: String
     package var headers: [(name: String, value: String)]
     package var grant: PersonGrant
+    /// The hub's data-path probe: GET /readyz with no credential at all.
+    package var probe = false
 }
 
 /// Who a request is for and exactly the roles the hub grants them on this cluster.
@@ -121,6 +123,13 @@ package final class KubeForwarder: TunnelForwarder {
     }
 
     package func forward(_ request: TunnelRequest, body: ByteBuffer, emit: @Sendable (TunnelEvent) async throws -> Void) async throws {
+        if request.probe {
+            // Only this one path, and without any credential: the API server answers
+            // /readyz to anyone (or 401s, which still proves it is reachable).
+            guard request.method == "GET", request.path == "/readyz" else { throw TetherError(.invalidArgument, "a probe may only GET /readyz") }
+            try await send(HTTPClientRequest(url: connection.server + "/readyz"), emit: emit)
+            return
+        }
         let token: String
         do {
             token = try await accounts.token(for: request.grant)
@@ -137,6 +146,10 @@ package final class KubeForwarder: TunnelForwarder {
         for header in Self.forwardedHeaders(request.headers) { outbound.headers.add(name: header.name, value: header.value) }
         outbound.headers.add(name: "Authorization", value: "Bearer \(token)")
         if body.readableBytes > 0 { outbound.body = .bytes(body) }
+        try await send(outbound, emit: emit)
+    }
+
+    private func send(_ outbound: HTTPClientRequest, emit: @Sendable (TunnelEvent) async throws -> Void) async throws {
         let response: HTTPClientResponse
         do {
             // No timeout: watches and log follows last as long as the person keeps them.

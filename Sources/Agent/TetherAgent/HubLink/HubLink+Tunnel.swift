@@ -8,7 +8,7 @@ import Synchronization
 extension TunnelRequest {
     init(proto open: Tether_V1_OpenTunnel) {
         self.init(id: open.id, method: open.method, path: open.path, headers: open.headers.map { ($0.name, $0.value) },
-                  grant: PersonGrant(proto: open.grant))
+                  grant: PersonGrant(proto: open.grant), probe: open.probe)
     }
 }
 

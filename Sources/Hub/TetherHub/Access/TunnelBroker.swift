@@ -13,7 +13,9 @@ struct TunnelRequest: Sendable {
     /// Path and query as the API server sees them.
     var path: String
     var headers: [(name: String, value: String)]
-    var session: SessionRecord
+    /// The person's session and grants; nil for the hub's own data-path probe,
+    /// which the agent sends with no credential at all.
+    var session: SessionRecord?
     var grants: AccessGrants
 }
 

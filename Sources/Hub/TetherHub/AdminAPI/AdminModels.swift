@@ -14,8 +14,12 @@ struct ClusterView: Codable, Sendable, Equatable {
     var lastSeen: Date?
     var agentVersion: String?
     var certificateExpiry: Date?
+    /// kubectl through the agent: the hub's last probe of the API server (nil: not
+    /// probed since the agent connected).
+    var dataPath: String?
 
-    init(record: ClusterRecord, online: Bool) {
+    init(record: ClusterRecord, online: Bool, dataPath: String? = nil) {
+        self.dataPath = online ? dataPath : nil
         name = record.name
         labels = record.labels
         lastSeen = record.lastSeen
@@ -41,6 +45,7 @@ struct ClusterView: Codable, Sendable, Equatable {
         try c.encode(lastSeen, forKey: .lastSeen)
         try c.encode(agentVersion, forKey: .agentVersion)
         try c.encode(certificateExpiry, forKey: .certificateExpiry)
+        try c.encode(dataPath, forKey: .dataPath)
     }
 }
 

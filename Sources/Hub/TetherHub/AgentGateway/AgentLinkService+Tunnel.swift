@@ -12,7 +12,11 @@ extension Tether_V1_OpenTunnel {
         method = request.method
         path = request.path
         headers = request.headers.map { header in .with { $0.name = header.name; $0.value = header.value } }
-        grant = Tether_V1_AccessGrant(session: request.session, grants: request.grants)
+        if let session = request.session {
+            grant = Tether_V1_AccessGrant(session: session, grants: request.grants)
+        } else {
+            probe = true
+        }
     }
 }
 

@@ -55,9 +55,9 @@ struct ClusterCommand: AsyncParsableCommand {
                 print(String(decoding: try encoder.encode(clusters), as: UTF8.self))
             case .table:
                 print(Table.render(
-                    ["NAME", "STATUS", "LABELS", "LAST SEEN", "AGENT", "CERT EXPIRES"],
+                    ["NAME", "STATUS", "DATA PATH", "LABELS", "LAST SEEN", "AGENT", "CERT EXPIRES"],
                     clusters.map { c in
-                        [c.name, c.status.rawValue,
+                        [c.name, c.status.rawValue, c.dataPath ?? "-",
                          c.labels.isEmpty ? "-" : c.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","),
                          Table.date(c.lastSeen), c.agentVersion ?? "-", Table.date(c.certificateExpiry)]
                     }))

@@ -38,6 +38,8 @@ final class HubCore: Sendable {
     let accessEndpoint = AsyncValue<AccessEndpoint?>()
     /// Proxied requests waiting for their agent's tunnel.
     let tunnels = TunnelBroker()
+    /// The last data-path probe of each cluster (`DataPathProbeService`).
+    let dataPath = DataPathTable()
     /// Test hook only: injected audit ingest failures (see `AuditIngestFaults`).
     let auditIngestFaults = AuditIngestFaults()
 
@@ -77,7 +79,7 @@ final class HubCore: Sendable {
                 record.lastSeen = seen.at
                 record.agentVersion = seen.agentVersion
             }
-            return ClusterView(record: record, online: online.contains(name))
+            return ClusterView(record: record, online: online.contains(name), dataPath: dataPath.get(name)?.summary)
         }
     }
 

@@ -21,6 +21,8 @@ struct HubConfiguration: Sendable {
     var accessTLSKey: String?
     /// How often agents are told the live sessions (they delete other sessions' accounts).
     var sessionSweepInterval: Duration = .seconds(60)
+    /// How often each connected cluster's API server is probed through its agent.
+    var dataPathProbeInterval: Duration = .seconds(30)
     /// Names and addresses agents dial; the serving certificate covers all of them
     /// and join strings carry the first.
     var advertise: [String] = HubConfiguration.defaultAdvertise
@@ -106,6 +108,7 @@ final class HubServer: Sendable {
             .init(service: core.presence),
             .init(service: AuditRetentionService(core: core, retention: configuration.auditRetention)),
             .init(service: SessionSweepService(core: core, interval: configuration.sessionSweepInterval)),
+            .init(service: DataPathProbeService(core: core, interval: configuration.dataPathProbeInterval)),
             .init(service: admin), .init(service: gateway),
         ]
         if let accessListen = configuration.accessListen {

@@ -259,6 +259,10 @@ public nonisolated struct Tether_V1_OpenTunnel: Sendable {
   /// Clears the value of `grant`. Subsequent reads from it will return its default value.
   public mutating func clearGrant() {self._grant = nil}
 
+  /// The hub's own data-path probe (GET /readyz): sent with no credential at all,
+  /// never with the agent's; grant is empty.
+  public var probe: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1023,7 +1027,7 @@ nonisolated extension Tether_V1_LiveSessions: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OpenTunnel"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}method\0\u{1}path\0\u{1}headers\0\u{1}grant\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}method\0\u{1}path\0\u{1}headers\0\u{1}grant\0\u{1}probe\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1036,6 +1040,7 @@ nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf
       case 3: try { try decoder.decodeSingularStringField(value: &self.path) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.headers) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._grant) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.probe) }()
       default: break
       }
     }
@@ -1061,6 +1066,9 @@ nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf
     try { if let v = self._grant {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     } }()
+    if self.probe != false {
+      try visitor.visitSingularBoolField(value: self.probe, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1070,6 +1078,7 @@ nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.path != rhs.path {return false}
     if lhs.headers != rhs.headers {return false}
     if lhs._grant != rhs._grant {return false}
+    if lhs.probe != rhs.probe {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
