@@ -106,6 +106,12 @@ import Testing
         let roleBindings = emulator.objects(.roleBindings, namespace: "default").filter { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) == true }
         #expect(roleBindings.compactMap { $0[path: ["roleRef", "name"]]?.string } == ["edit"])
 
+        // Metrics: requests by cluster and code at the hub; accounts made at the agent.
+        #expect(hub.core.metrics.exposition().contains(#"tether_access_requests_total{cluster="prod-eu",code="200"}"#))
+        #expect(hub.core.metrics.exposition().contains("tether_access_tunnels_open 0"))
+        #expect(fixture.agent.metrics.exposition().contains("tether_agent_jit_accounts_created_total 1"))
+        #expect(fixture.agent.metrics.exposition().contains("tether_agent_jit_first_request_seconds_count 1"))
+
         let deleted = try await run("delete", "configmap", "notes", "-n", "default")
         #expect(deleted.status == 0 && deleted.stdout.contains("deleted"), "\(deleted.stderr)")
         #expect(emulator.object(.configMaps, namespace: "default", name: "notes") == nil)
@@ -140,6 +146,7 @@ import Testing
                 && emulator.objects(.clusterRoleBindings).allSatisfy { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) != true }
                 && emulator.objects(.roleBindings, namespace: "default").allSatisfy { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) != true }
         }
+        #expect(fixture.agent.metrics.exposition().contains("tether_agent_jit_accounts_removed_total 1"))
         let refused = try await run("get", "namespaces")
         #expect(refused.status != 0 && refused.stderr.contains("was revoked"), "\(refused.stderr)")
         #expect(emulator.authorizationChecks(userAgentPrefix: "kubectl").count == tokenBefore, "nothing reached the cluster after the revocation")

@@ -176,13 +176,15 @@ package actor JITAccounts {
     let client: KubeClient
     let namespace: String
     let logger: Logger
+    let metrics: AgentMetrics?
     private var cache: [String: (grant: PersonGrant, token: String, refreshAt: Date)] = [:]
 
     static let sessionAnnotation = "tether.dev/session"
     static let userAnnotation = "tether.dev/user"
     static let jitLabel = "tether.dev/jit"
 
-    init(client: KubeClient, namespace: String, logger: Logger) {
+    init(client: KubeClient, namespace: String, logger: Logger, metrics: AgentMetrics? = nil) {
+        self.metrics = metrics
         self.client = client
         self.namespace = namespace
         self.logger = logger
@@ -218,7 +220,9 @@ package actor JITAccounts {
         guard let token = (answer["status"] as? [String: Any])?["token"] as? String, !token.isEmpty else {
             throw TetherError(.unavailable, "the API server answered the TokenRequest for \(name) without a token")
         }
+        let first = cache[grant.sessionID] == nil
         cache[grant.sessionID] = (grant, token, now.addingTimeInterval(Double(seconds) * 0.8))
+        if first { metrics?.jitFirstRequest.record(ContinuousClock.now - started) }
         logger.info("just-in-time account ready", metadata: [
             "account": "\(namespace)/\(name)", "user": "\(grant.user)", "session": "\(grant.sessionID)",
             "ms": "\(Int((ContinuousClock.now - started).seconds * 1000))"])
@@ -233,9 +237,12 @@ package actor JITAccounts {
 
     /// Creates `object`, or accepts the existing one when its marks say it is this
     /// session's; anything else with the name is refused, never changed.
-    func create(_ resource: KubeResource, namespace: String?, name: String, object: [String: Any], session: String) async throws {
+    /// Returns whether it made the object (false: it was already this session's).
+    @discardableResult
+    func create(_ resource: KubeResource, namespace: String?, name: String, object: [String: Any], session: String) async throws -> Bool {
         do {
             _ = try await client.json(.POST, resource.path(namespace: namespace), body: try JSONSerialization.data(withJSONObject: object))
+            return true
         } catch let error as KubeAPIError where error.code == 409 {
             let existing = try await client.get(resource, namespace: namespace, name: name) ?? [:]
             let metadata = existing["metadata"] as? [String: Any] ?? [:]
@@ -244,6 +251,7 @@ package actor JITAccounts {
             guard labels["app.kubernetes.io/managed-by"] == "tether", annotations[Self.sessionAnnotation] == session else {
                 throw TetherError(.conflict, "\(resource.kind) \(namespace.map { "\($0)/" } ?? "")\(name) exists and is not this session's; it was left as it is")
             }
+            return false
         }
     }
 
@@ -327,7 +335,10 @@ package actor JITAccounts {
             do {
                 try await client.delete(object.resource, namespace: object.namespace, name: object.name, uid: object.uid, resourceVersion: object.resourceVersion)
                 deleted.append("\(object.resource.kind)/\(object.namespace.map { "\($0)/" } ?? "")\(object.name)")
-                if object.resource == .serviceAccount { sessions.insert(object.session) }
+                if object.resource == .serviceAccount {
+                    sessions.insert(object.session)
+                    metrics?.jitAccountsRemoved.increment()
+                }
             } catch {
                 logger.error("cannot delete a just-in-time object", metadata: ["object": "\(object.resource.kind)/\(object.name)", "error": "\(error)"])
             }
@@ -341,10 +352,10 @@ package actor JITAccounts {
 
     func ensureAccount(_ name: String, grant: PersonGrant) async throws {
         let (labels, annotations) = marks(grant)
-        try await create(.serviceAccount, namespace: namespace, name: name, object: [
+        if try await create(.serviceAccount, namespace: namespace, name: name, object: [
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": ["name": name, "namespace": namespace, "labels": labels, "annotations": annotations],
-        ], session: grant.sessionID)
+        ], session: grant.sessionID) { metrics?.jitAccountsCreated.increment() }
     }
 
     /// The bindings an account gets for a grant: a ClusterRoleBinding per ClusterRole,

@@ -15,9 +15,24 @@ package final class AgentMetrics: Sendable {
     let auditSpooledBytes: Gauge
     let auditOldestUnacknowledgedAge: Gauge
     let auditSpoolDamagedFrames: Gauge
+    /// Just-in-time service accounts made, and removed (with their bindings).
+    let jitAccountsCreated: Counter
+    let jitAccountsRemoved: Counter
+    /// A session's first request here: account, bindings and token made.
+    let jitFirstRequest: DurationHistogram
 
     package init() {
         connected = registry.makeGauge(name: "tether_agent_hub_connected", help: "1 while the channel to the hub is up.")
+        jitAccountsCreated = registry.makeCounter(name: "tether_agent_jit_accounts_created_total", help: "Just-in-time service accounts made for people's sessions.")
+        jitAccountsRemoved = registry.makeCounter(name: "tether_agent_jit_accounts_removed_total",
+                                                  help: "Just-in-time service accounts deleted (session ended, expired or no longer granted).")
+        jitFirstRequest = registry.makeDurationHistogram(
+            name: "tether_agent_jit_first_request_seconds",
+            buckets: [.milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(200), .milliseconds(300), .milliseconds(500),
+                      .seconds(1), .seconds(2), .seconds(5)],
+            help: "Time to make a session's account, bindings and token on its first request.")
+        jitAccountsCreated.increment(by: Int64(0))
+        jitAccountsRemoved.increment(by: Int64(0))
         reconnects = registry.makeCounter(name: "tether_agent_reconnects_total", help: "Channel attempts after a failure or close.")
         renewals = registry.makeCounter(name: "tether_agent_certificate_renewals_total", help: "Certificates renewed on the channel.")
         auditReceived = registry.makeCounter(name: "tether_agent_audit_events_received_total", help: "Audit events accepted and spooled.")

@@ -62,7 +62,8 @@ final class AgentRuntime: Sendable {
             applier = KubernetesApplier(client: client, logger: logger, state: state)
             driftWatcher = DriftWatcher(client: client, state: state, logger: logger)
             let forwarder = try KubeForwarder(
-                connection: connection, accounts: JITAccounts(client: client, namespace: connection.namespace ?? "default", logger: logger), logger: logger)
+                connection: connection, accounts: JITAccounts(client: client, namespace: connection.namespace ?? "default", logger: logger, metrics: metrics),
+                logger: logger)
             tunnelForwarder = forwarder
             kubeForwarder = forwarder
             logger.notice("applying policy to the Kubernetes API", metadata: ["server": "\(connection.server)"])

@@ -66,11 +66,18 @@ enum AccessProxy {
             return try AdminServer.json(try await reachableClusters(for: session, core: core))
         }
         for method in methods {
-            router.on("/clusters/:cluster/**", method: method) { request, context -> Response in
-                try await proxy(request, context: context, core: core)
-            }
-            router.on("/clusters/:cluster", method: method) { request, context -> Response in
-                try await proxy(request, context: context, core: core)
+            for path: RouterPath in ["/clusters/:cluster/**", "/clusters/:cluster"] {
+                router.on(path, method: method) { request, context -> Response in
+                    do {
+                        let response = try await proxy(request, context: context, core: core)
+                        core.metrics.accessRequest(cluster: context.parameters.get("cluster") ?? "", code: response.status.code)
+                        return response
+                    } catch let error as TetherError {
+                        let response = KubeStatus.response(for: error)
+                        core.metrics.accessRequest(cluster: error.code == .notFound ? "" : context.parameters.get("cluster") ?? "", code: response.status.code)
+                        return response
+                    }
+                }
             }
         }
         return router
@@ -141,12 +148,14 @@ enum AccessProxy {
         let tunnel = TunnelRequest(id: TunnelBroker.newID(), method: request.method.rawValue, path: path, headers: carried(request.headers),
                                    session: session, grants: grants)
         let streams = try await core.tunnels.open(tunnel.id, cluster: cluster, timeout: .seconds(10)) { core.registry.openTunnel(cluster, tunnel) }
+        core.metrics.tunnelsOpen.increment()
         do {
             for try await chunk in request.body { await streams.toAgent.send(.body(chunk)) }
             await streams.toAgent.send(.end(error: nil))
         } catch {
             await streams.toAgent.send(.end(error: "the client stopped sending the request body"))
             streams.toAgent.finish()
+            core.metrics.tunnelsOpen.decrement()
             throw error
         }
         var frames = streams.fromAgent.makeAsyncIterator()
@@ -155,10 +164,12 @@ enum AccessProxy {
             head = try await frames.next()
         } catch {
             streams.toAgent.finish()
+            core.metrics.tunnelsOpen.decrement()
             throw TetherError(.unavailable, "the tunnel to cluster \(cluster) failed: \(error)")
         }
         guard case .response(let status, let headers)? = head else {
             streams.toAgent.finish()
+            core.metrics.tunnelsOpen.decrement()
             throw TetherError(.unavailable, "the agent of cluster \(cluster) ended the tunnel without an answer")
         }
         var fields = HTTPFields()
@@ -191,6 +202,7 @@ enum AccessProxy {
                 streams.toAgent.finish()
                 streams.fromAgent.finish()
             }
+            core.metrics.tunnelsOpen.decrement()
             let ms = Int((ContinuousClock.now - started).seconds * 1000)
             await core.audit(HubAction(verb: method.lowercased(), resource: "clusters/proxy", name: cluster.rawValue, user: session.user, code: status,
                                        sourceIP: nil, message: "\(method) \(path) session \(session.id), \(bytes) bytes, \(ms) ms, \(outcome)"))

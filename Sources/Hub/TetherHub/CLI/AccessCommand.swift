@@ -68,12 +68,7 @@ struct AccessCommand: AsyncParsableCommand {
 
         func run() async throws {
             let view: AccessRoleView = try await admin.client().call(.GET, "/v1/access/roles/\(name)")
-            let document = try JSONSerialization.jsonObject(with: Data((view.document ?? "{}").utf8))
-            if output == "json" {
-                print(String(decoding: try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
-            } else {
-                print(YAMLText.render(document), terminator: "")
-            }
+            try YAMLText.printDocument(view.document, as: output)
         }
     }
 

@@ -65,12 +65,7 @@ struct PolicyCommand: AsyncParsableCommand {
 
         func run() async throws {
             let view: AdminServer.BundleView = try await admin.client().call(.GET, "/v1/policies/\(name)")
-            let document = try JSONSerialization.jsonObject(with: Data((view.document ?? "{}").utf8))
-            if output == "json" {
-                print(String(decoding: try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
-            } else {
-                print(YAMLText.render(document), terminator: "")
-            }
+            try YAMLText.printDocument(view.document, as: output)
         }
     }
 
@@ -135,6 +130,16 @@ enum YAMLFiles {
 
 /// Renders JSON-shaped values as block YAML (what `policy get` shows).
 enum YAMLText {
+    /// Prints a stored document (JSON text) as `yaml` or `json` (`get -o`).
+    static func printDocument(_ text: String?, as output: String) throws {
+        let document = try JSONSerialization.jsonObject(with: Data((text ?? "{}").utf8))
+        if output == "json" {
+            print(String(decoding: try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
+        } else {
+            print(render(document), terminator: "")
+        }
+    }
+
     static func render(_ value: Any, indent: Int = 0) -> String {
         let pad = String(repeating: "  ", count: indent)
         switch value {

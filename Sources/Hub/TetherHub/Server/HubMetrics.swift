@@ -15,6 +15,8 @@ final class HubMetrics: Sendable {
     let auditEventsStored: Counter
     let unknownAgentMessages: Counter
     let presenceCommits: Counter
+    /// Tunnels carrying a proxied request right now.
+    let tunnelsOpen: Gauge
 
     init() {
         agentsConnected = registry.makeGauge(name: "tether_agents_connected", help: "Agents with an open channel to this hub.")
@@ -28,9 +30,18 @@ final class HubMetrics: Sendable {
             name: "tether_agent_unknown_messages_total", help: "Channel messages of a kind this hub does not know (from newer agents), ignored.")
         presenceCommits = registry.makeCounter(
             name: "tether_presence_commits_total", help: "Database transactions that recorded agent presence (heartbeats are written in batches).")
+        tunnelsOpen = registry.makeGauge(name: "tether_access_tunnels_open", help: "Proxied requests being carried through an agent's tunnel now.")
+        tunnelsOpen.set(Int64(0))
         presenceCommits.increment(by: Int64(0))
         unknownAgentMessages.increment(by: Int64(0))
         agentsConnected.set(Int64(0))
+    }
+
+    /// A request on the access listener, by cluster and HTTP status.
+    func accessRequest(cluster: String, code: Int) {
+        registry.makeCounter(
+            descriptor: .init(metricName: "tether_access_requests_total", helpText: "Requests on the access listener, by cluster and status code."),
+            labels: [("cluster", cluster), ("code", "\(code)")]).increment()
     }
 
     /// A listener's connection guard, its refusals counted here.
