@@ -190,17 +190,8 @@ package actor JITAccounts {
         self.logger = logger
     }
 
-    /// The account's name: `tether-` and the user name made a DNS label (at most 30
-    /// characters of it), then 10 hex characters of the session id's hash.
-    static func accountName(user: String, session: String) -> String {
-        var safe = ""
-        for scalar in user.lowercased().unicodeScalars {
-            if (scalar >= "a" && scalar <= "z") || (scalar >= "0" && scalar <= "9") { safe.unicodeScalars.append(scalar) } else if !safe.hasSuffix("-") { safe += "-" }
-        }
-        safe = String(safe.trimmingCharacters(in: CharacterSet(charactersIn: "-")).prefix(30)).trimmingCharacters(in: CharacterSet(charactersIn: "-"))
-        let hash = SHA256.hash(data: Data(session.utf8)).prefix(5).map { String(format: "%02x", $0) }.joined()
-        return "tether-" + (safe.isEmpty ? "" : safe + "-") + hash
-    }
+    /// The account's name (`JITAccountName`, shared with the hub).
+    static func accountName(user: String, session: String) -> String { JITAccountName.make(user: user, session: session) }
 
     package func token(for grant: PersonGrant) async throws -> String {
         let now = Date()

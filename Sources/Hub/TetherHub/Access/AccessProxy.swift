@@ -204,8 +204,13 @@ enum AccessProxy {
             }
             core.metrics.tunnelsOpen.decrement()
             let ms = Int((ContinuousClock.now - started).seconds * 1000)
-            await core.audit(HubAction(verb: method.lowercased(), resource: "clusters/proxy", name: cluster.rawValue, user: session.user, code: status,
-                                       sourceIP: nil, message: "\(method) \(path) session \(session.id), \(bytes) bytes, \(ms) ms, \(outcome)"))
+            let info = KubeRequestInfo(method: method, path: path)
+            await core.audit(HubAction(
+                verb: info.verb, resource: info.resource ?? path, name: info.name, user: session.user, code: status, sourceIP: nil,
+                message: "\(method) \(path) on cluster \(cluster): \(outcome)", namespace: info.namespace, apiGroup: info.apiGroup ?? "",
+                groups: session.groups,
+                annotations: ["tether.dev/cluster": cluster.rawValue, "tether.dev/session": session.id, "tether.dev/latency-ms": "\(ms)",
+                              "tether.dev/response-bytes": "\(bytes)", "tether.dev/proxied": "true"]))
         })
     }
 }

@@ -203,6 +203,7 @@ extension HubCore {
                                              message: "for \(user)" + (groups.isEmpty ? "" : " groups \(groups.joined(separator: ","))")
                                                  + ", \(method), expires \(AuditTime.format(record.expiresAt))"), at: now)
         try await database.createSession(record, audit: [event])
+        jitPeople.add(account: JITAccountName.make(user: user, session: record.id), user: user)
         logger.info("session created", metadata: ["session": "\(record.id)", "user": "\(user)", "method": "\(method)"])
         return (record, try SessionCredential(session: record).encoded(key: sessionKey), cappedBy)
     }

@@ -28,7 +28,47 @@ final class AuditIngestFaults: Sendable {
     }
 }
 
+/// Which person each just-in-time account name stands for (account name -> user).
+final class JITPeople: Sendable {
+    private let state = Mutex<(people: [String: String], loadedAt: ContinuousClock.Instant?)>(([:], nil))
+    init() {}
+    func add(account: String, user: String) { state.withLock { $0.people[account] = user } }
+    func lookup(_ account: String) -> String? { state.withLock { $0.people[account] } }
+    /// Whether a reload from the store is due (at most every 10 s).
+    func reloadDue() -> Bool {
+        state.withLock { s in
+            guard let at = s.loadedAt, ContinuousClock.now - at < .seconds(10) else { s.loadedAt = .now; return true }
+            return false
+        }
+    }
+    func replace(_ people: [String: String]) { state.withLock { $0.people.merge(people) { _, new in new } } }
+}
+
 extension HubCore {
+    /// Attributes the cluster's own audit events made with a person's just-in-time
+    /// account to that person: the event (as stored and hashed) is unchanged; the
+    /// person goes into its indexed acting-for user, so `audit query --user alice`
+    /// finds what she did through the hub and what the cluster recorded of it.
+    func attributed(_ events: [IndexedAuditEvent]) async throws -> [IndexedAuditEvent] {
+        func account(_ event: IndexedAuditEvent) -> String? {
+            guard event.impersonatedUser == nil, let user = event.user, user.hasPrefix("system:serviceaccount:"),
+                  let name = user.split(separator: ":").last.map(String.init), JITAccountName.looksLikeOne(name) else { return nil }
+            return name
+        }
+        let accounts = Set(events.compactMap(account))
+        guard !accounts.isEmpty else { return events }
+        if accounts.contains(where: { jitPeople.lookup($0) == nil }), jitPeople.reloadDue() {
+            let sessions = try await database.sessions(now: clock.now(), includeEnded: true)
+            jitPeople.replace(Dictionary(sessions.map { (JITAccountName.make(user: $0.user, session: $0.id), $0.user) }) { a, _ in a })
+        }
+        return events.map { event in
+            guard let name = account(event), let person = jitPeople.lookup(name) else { return event }
+            var attributed = event
+            attributed.impersonatedUser = person
+            return attributed
+        }
+    }
+
     /// Stores a batch from a cluster's agent; returns the new acknowledged sequence.
     func ingestAudit(cluster: ClusterName, firstSequence: UInt64, events: [Data]) async throws -> UInt64 {
         // The sequence comes from the agent: every number of the batch must fit
@@ -49,7 +89,8 @@ extension HubCore {
                 return IndexedAuditEvent(unindexable: raw, sequence: firstSequence + UInt64(i), now: clock.now())
             }
         }
-        let acked = try await database.ingestAudit(cluster: cluster.rawValue, firstSequence: firstSequence, events: indexed, now: clock.now())
+        let acked = try await database.ingestAudit(cluster: cluster.rawValue, firstSequence: firstSequence,
+                                                   events: try await attributed(indexed), now: clock.now())
         metrics.auditEventsStored.increment(by: Int64(events.count))
         return acked
     }
@@ -78,14 +119,18 @@ extension HubCore {
             "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
             "auditID": UUID().uuidString.lowercased(), "stage": "ResponseComplete",
             "verb": action.verb, "user": ["username": action.user],
-            "objectRef": ["resource": action.resource, "name": action.name, "apiGroup": "tether.dev", "apiVersion": "v1"]
+            "objectRef": ["resource": action.resource, "name": action.name, "namespace": action.namespace,
+                          "apiGroup": action.apiGroup ?? "tether.dev", "apiVersion": action.apiGroup == nil ? "v1" : nil]
                 .compactMapValues { $0 },
             "responseStatus": ["code": action.code] as [String: Any],
             "requestReceivedTimestamp": time, "stageTimestamp": time,
             "userAgent": "tether-hub/\(TetherVersion.current)",
         ]
         if let ip = action.sourceIP { event["sourceIPs"] = [ip] }
-        if let message = action.message { event["annotations"] = ["tether.dev/message": message] }
+        var annotations = action.annotations
+        if let message = action.message { annotations["tether.dev/message"] = message }
+        if !annotations.isEmpty { event["annotations"] = annotations }
+        if let groups = action.groups { event["user"] = ["username": action.user, "groups": groups] }
         let raw = try JSONSerialization.data(withJSONObject: event, options: [.sortedKeys, .withoutEscapingSlashes])
         return try IndexedAuditEvent(raw: raw)
     }
@@ -100,4 +145,10 @@ struct HubAction: Sendable {
     var code: Int
     var sourceIP: String?
     var message: String?
+    /// For a proxied Kubernetes request: the object's namespace and API group, the
+    /// person's groups, and the session, cluster, latency and bytes as annotations.
+    var namespace: String? = nil
+    var apiGroup: String? = nil
+    var groups: [String]? = nil
+    var annotations: [String: String] = [:]
 }

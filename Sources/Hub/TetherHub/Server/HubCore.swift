@@ -38,6 +38,8 @@ final class HubCore: Sendable {
     let accessEndpoint = AsyncValue<AccessEndpoint?>()
     /// Proxied requests waiting for their agent's tunnel.
     let tunnels = TunnelBroker()
+    /// Just-in-time account names and the people they stand for (audit attribution).
+    let jitPeople = JITPeople()
     /// The last data-path probe of each cluster (`DataPathProbeService`).
     let dataPath = DataPathTable()
     /// Test hook only: injected audit ingest failures (see `AuditIngestFaults`).
