@@ -82,7 +82,20 @@ public final class KubeEmulator: Sendable {
                                           userAgent: "kube-apiserver/v1.36.2", authorization: "Bearer \(token)",
                                           body: (["apiVersion": "v1", "kind": "Namespace", "metadata": ["name": .string(ns)]] as JSON).data()))
         }
-        let (listener, port) = try await serve(handler: handler, pki: pki, port: 0, logger: logger)
+        // A port below the kernel's ephemeral range (32768 and up): `restart()` binds the
+        // same port again, and a port the kernel picked could meanwhile be the local end
+        // of some outgoing connection, which makes that bind fail.
+        var attempt = 0
+        var bound: (Listener, Int)?
+        while bound == nil {
+            attempt += 1
+            do {
+                bound = try await serve(handler: handler, pki: pki, port: Int.random(in: 20_000..<32_000), logger: logger)
+            } catch where attempt < 20 {
+                continue
+            }
+        }
+        let (listener, port) = bound!
         return KubeEmulator(url: URL(string: "https://127.0.0.1:\(port)")!, pki: pki, token: token, store: store, handler: handler,
                             listener: listener, logger: logger)
     }
