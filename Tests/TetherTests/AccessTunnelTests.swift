@@ -249,6 +249,13 @@ import Testing
         // A session the hub lists that never reached this cluster gets no account here.
         await forwarder.liveSessions([changed, grant("elsewhere", expires: Date().addingTimeInterval(3600))])
         #expect(emulator.objects(.serviceAccounts, namespace: "default").count == 2)
+        // An account idle past --jit-idle is deleted though its session lives; the
+        // next request makes it again.
+        let impatient = JITAccounts(client: client, namespace: "default", logger: testLogger, idle: .zero)
+        await impatient.reconcile(live: ["live": changed])
+        #expect(emulator.object(.serviceAccounts, namespace: "default", name: live) == nil)
+        _ = try await impatient.token(for: changed)
+        #expect(emulator.object(.serviceAccounts, namespace: "default", name: live) != nil)
         try await forwarder.shutdown()
         try await client.shutdown()
         await emulator.stop()

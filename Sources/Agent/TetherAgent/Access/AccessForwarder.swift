@@ -177,14 +177,20 @@ package actor JITAccounts {
     let namespace: String
     let logger: Logger
     let metrics: AgentMetrics?
+    /// An account unused this long is deleted at the next sweep.
+    let idle: Duration
     private var cache: [String: (grant: PersonGrant, token: String, refreshAt: Date)] = [:]
+    /// When each session last carried a request here (this process's life).
+    private var lastUsed: [String: ContinuousClock.Instant] = [:]
+    private let startedAt = ContinuousClock.now
 
     static let sessionAnnotation = "tether.dev/session"
     static let userAnnotation = "tether.dev/user"
     static let jitLabel = "tether.dev/jit"
 
-    init(client: KubeClient, namespace: String, logger: Logger, metrics: AgentMetrics? = nil) {
+    init(client: KubeClient, namespace: String, logger: Logger, metrics: AgentMetrics? = nil, idle: Duration = .seconds(1800)) {
         self.metrics = metrics
+        self.idle = idle
         self.client = client
         self.namespace = namespace
         self.logger = logger
@@ -195,6 +201,7 @@ package actor JITAccounts {
 
     package func token(for grant: PersonGrant) async throws -> String {
         let now = Date()
+        lastUsed[grant.sessionID] = .now
         if let cached = cache[grant.sessionID], cached.grant == grant, cached.refreshAt > now { return cached.token }
         let name = Self.accountName(user: grant.user, session: grant.sessionID)
         let started = ContinuousClock.now
@@ -296,8 +303,11 @@ package actor JITAccounts {
         guard let marked = await listMarked() else { return }
         let now = Date()
         var doomed: [Marked] = []
+        // Idle: no request for `idle` (sessions never used since this agent started
+        // count from its start).
+        func isIdle(_ session: String) -> Bool { ContinuousClock.now - (lastUsed[session] ?? startedAt) >= idle }
         for object in marked {
-            guard let grant = live[object.session], (object.expires ?? .distantFuture) > now, grant.sessionExpires > now else {
+            guard let grant = live[object.session], (object.expires ?? .distantFuture) > now, grant.sessionExpires > now, !isIdle(object.session) else {
                 doomed.append(object)
                 continue
             }
@@ -334,7 +344,10 @@ package actor JITAccounts {
                 logger.error("cannot delete a just-in-time object", metadata: ["object": "\(object.resource.kind)/\(object.name)", "error": "\(error)"])
             }
         }
-        for session in Set(objects.map(\.session)) { cache[session] = nil }
+        for session in Set(objects.filter { $0.resource == .serviceAccount }.map(\.session)) {
+            cache[session] = nil
+            lastUsed[session] = nil
+        }
         if !deleted.isEmpty {
             logger.notice("just-in-time access removed", metadata: ["accountsOfSessions": "\(sessions.sorted().joined(separator: ","))",
                                                                     "objects": "\(deleted.joined(separator: ", "))"])

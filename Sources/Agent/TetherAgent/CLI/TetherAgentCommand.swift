@@ -43,6 +43,9 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Most disk the audit spool may use before the webhook answers 429 (e.g. 512Mi, 1Gi).", valueName: "size"))
     var auditSpoolMax = "1Gi"
 
+    @Option(help: ArgumentHelp("Delete a person's just-in-time service account after this long without a request through the hub (made again on the next one).", valueName: "duration"))
+    var jitIdle = "30m"
+
     @Option(help: ArgumentHelp("Serve this certificate (PEM) on the audit endpoint instead of the agent's own.", valueName: "path"))
     var auditTlsCert: String?
 
@@ -82,6 +85,7 @@ struct RunCommand: AsyncParsableCommand {
         if healthListen != "none" { _ = try HostPort(parsing: healthListen) }
         if auditListen != "none" { _ = try HostPort(parsing: auditListen) }
         _ = try ByteSize.parse(auditSpoolMax)
+        guard try DurationParser.parse(jitIdle) >= .seconds(60) else { throw ValidationError("--jit-idle must be at least 1m") }
         if let kubeconfig { _ = try KubeConnection.kubeconfig(path: kubeconfig, context: context) }
         guard context == nil || kubeconfig != nil else { throw ValidationError("--context needs --kubeconfig") }
         for name in auditSan where name.isEmpty || name.contains(where: { $0.isWhitespace || $0 == "/" || $0 == "@" }) {
@@ -110,6 +114,7 @@ struct RunCommand: AsyncParsableCommand {
         config.healthListen = healthListen == "none" ? nil : try HostPort(parsing: healthListen)
         config.auditListen = auditListen == "none" ? nil : try HostPort(parsing: auditListen)
         config.auditSpoolMax = try ByteSize.parse(auditSpoolMax)
+        config.jitIdle = try DurationParser.parse(jitIdle)
         config.auditTLSCertFile = auditTlsCert
         config.auditTLSKeyFile = auditTlsKey
         config.auditLogFile = auditLogFile

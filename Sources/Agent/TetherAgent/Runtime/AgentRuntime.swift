@@ -16,6 +16,8 @@ struct AgentConfiguration: Sendable {
     /// nil: no audit webhook.
     var auditListen: HostPort? = HostPort(host: "0.0.0.0", port: 8444)
     var auditSpoolMax: Int64 = 1 << 30
+    /// A just-in-time account unused this long is deleted (made again on the next request).
+    var jitIdle: Duration = .seconds(1800)
     /// Most events per audit batch sent to the hub. `TETHER_AUDIT_FORWARD_BATCH`
     /// overrides it: tests make it small so that a kill lands mid-forward.
     var auditForwardBatchSize = ProcessInfo.processInfo.environment["TETHER_AUDIT_FORWARD_BATCH"].flatMap(Int.init).flatMap { $0 > 0 ? $0 : nil } ?? 10_000
@@ -62,7 +64,8 @@ final class AgentRuntime: Sendable {
             applier = KubernetesApplier(client: client, logger: logger, state: state)
             driftWatcher = DriftWatcher(client: client, state: state, logger: logger)
             let forwarder = try KubeForwarder(
-                connection: connection, accounts: JITAccounts(client: client, namespace: connection.namespace ?? "default", logger: logger, metrics: metrics),
+                connection: connection, accounts: JITAccounts(client: client, namespace: connection.namespace ?? "default", logger: logger, metrics: metrics,
+                                                     idle: c.jitIdle),
                 logger: logger)
             tunnelForwarder = forwarder
             kubeForwarder = forwarder
