@@ -12,7 +12,7 @@ import Testing
 
 /// kubectl through hub, tunnel and agent to the API emulator, with a just-in-time
 /// service account bound to exactly the person's roles.
-@Suite struct AccessTunnelTests {
+@Suite(.serialized) struct AccessTunnelTests {
     /// An emulated cluster `prod-eu` with its agent connected to a hub, an AccessRole
     /// for group developers, and alice's session with a kubeconfig for it.
     struct Fixture {
