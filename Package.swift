@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "tether-agent", targets: ["AgentMain"]),
         .executable(name: "tether-bench-audit", targets: ["AuditBenchmark"]),
         .executable(name: "tether-bench-fanout", targets: ["FanoutBenchmark"]),
+        .executable(name: "tether-bench-access", targets: ["AccessBenchmark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
@@ -124,6 +125,16 @@ let package = Package(
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
             ],
             path: "Benchmarks/FanoutBenchmark"
+        ),
+        .executableTarget(
+            name: "AccessBenchmark",
+            dependencies: [
+                "Shared", "KubeEmulator",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            path: "Benchmarks/AccessBenchmark"
         ),
         .target(
             name: "TestSupport",
