@@ -86,13 +86,6 @@ package final class KubeForwarder: TunnelForwarder {
     let http: HTTPClient
     let logger: Logger
 
-    /// Headers that describe one hop, not the request, and the credentials a caller
-    /// might try to slip through.
-    static let dropped: Set<String> = [
-        "authorization", "connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer",
-        "transfer-encoding", "upgrade", "host", "content-length", "cookie",
-    ]
-
     init(connection: KubeConnection, accounts: JITAccounts, logger: Logger) throws {
         self.connection = connection
         self.accounts = accounts
@@ -108,10 +101,7 @@ package final class KubeForwarder: TunnelForwarder {
     func shutdown() async throws { try await http.shutdown() }
 
     static func forwardedHeaders(_ headers: [(name: String, value: String)]) -> [(name: String, value: String)] {
-        headers.filter { header in
-            let name = header.name.lowercased()
-            return !dropped.contains(name) && !name.hasPrefix("impersonate-")
-        }
+        TunnelHeaders.carried(headers)
     }
 
     package func sessionsEnded(_ ids: Set<String>) async {
@@ -161,7 +151,7 @@ package final class KubeForwarder: TunnelForwarder {
                 message: "the agent cannot reach this cluster's API server: \(error)"))))
             return
         }
-        let headers = response.headers.map { (name: $0.name, value: $0.value) }.filter { !Self.dropped.contains($0.name.lowercased()) }
+        let headers = response.headers.map { (name: $0.name, value: $0.value) }.filter { !TunnelHeaders.dropped.contains($0.name.lowercased()) }
         try await emit(.head(status: Int(response.status.code), headers: headers))
         for try await chunk in response.body { try await emit(.body(chunk)) }
     }

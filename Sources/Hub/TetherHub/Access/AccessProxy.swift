@@ -125,15 +125,9 @@ enum AccessProxy {
         return try await forward(request, context: context, cluster: name, session: session, grants: decision.grants, core: core)
     }
 
-    /// Request headers not carried to the cluster: the person's credential (the agent
-    /// uses the just-in-time account's), impersonation, and hop-by-hop headers.
+    /// Request headers carried to the cluster (`TunnelHeaders`).
     static func carried(_ fields: HTTPFields) -> [(name: String, value: String)] {
-        let dropped: Set<String> = ["authorization", "connection", "keep-alive", "proxy-authorization", "te", "trailer", "transfer-encoding",
-                                    "upgrade", "host", "content-length", "cookie"]
-        return fields.compactMap { field in
-            let name = field.name.canonicalName
-            return dropped.contains(name) || name.hasPrefix("impersonate-") ? nil : (field.name.rawName, field.value)
-        }
+        TunnelHeaders.carried(fields.map { ($0.name.rawName, $0.value) })
     }
 
     /// Carries a granted request down the cluster's tunnel and streams the answer
@@ -215,11 +209,6 @@ enum AccessProxy {
     }
 }
 
-extension TetherError.Code {
-    /// A part of the hub that is not built yet (501).
-    static let notImplemented = TetherError.Code("not-implemented")
-}
-
 /// Turns errors into a Kubernetes `Status` (kubectl prints its message the way it
 /// prints the API server's: `error: You must be logged in to the server (…)`,
 /// `Error from server (Forbidden): …`).
@@ -246,7 +235,6 @@ enum KubeStatus {
         case .notFound: response(code: 404, reason: "NotFound", message: error.message)
         case .invalidArgument: response(code: 400, reason: "BadRequest", message: error.message)
         case .unavailable: response(code: 503, reason: "ServiceUnavailable", message: error.message)
-        case .notImplemented: response(code: 501, reason: "NotImplemented", message: error.message)
         default: response(code: 500, reason: "InternalError", message: error.message)
         }
     }

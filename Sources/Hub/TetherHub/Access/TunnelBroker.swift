@@ -41,6 +41,8 @@ final class TunnelBroker: Sendable {
     private struct Waiter {
         let cluster: ClusterName
         let continuation: CheckedContinuation<TunnelStreams, any Error>
+        /// Fails the wait at its deadline; cancelled once the wait ends otherwise.
+        var timeout: Task<Void, Never>?
     }
     private let waiting = Mutex<[String: Waiter]>([:])
 
@@ -58,10 +60,16 @@ final class TunnelBroker: Sendable {
                     fail(id, TetherError(.unavailable, "cluster \(cluster) is offline"))
                     return
                 }
-                Task { [self] in
-                    try? await Task.sleep(for: timeout)
+                let timer = Task { [self] in
+                    guard (try? await Task.sleep(for: timeout)) != nil else { return }
                     fail(id, TetherError(.unavailable, "the agent of cluster \(cluster) did not open the tunnel within \(DurationParser.format(timeout))"))
                 }
+                let stillWaiting = waiting.withLock { table -> Bool in
+                    guard table[id] != nil else { return false }
+                    table[id]!.timeout = timer
+                    return true
+                }
+                if !stillWaiting { timer.cancel() }
             }
         } onCancel: {
             fail(id, CancellationError())
@@ -69,7 +77,9 @@ final class TunnelBroker: Sendable {
     }
 
     private func fail(_ id: String, _ error: any Error) {
-        waiting.withLock { $0.removeValue(forKey: id) }?.continuation.resume(throwing: error)
+        guard let waiter = waiting.withLock({ $0.removeValue(forKey: id) }) else { return }
+        waiter.timeout?.cancel()
+        waiter.continuation.resume(throwing: error)
     }
 
     /// Hands an agent's RPC to the request waiting for it; false when none is
@@ -81,9 +91,8 @@ final class TunnelBroker: Sendable {
             table[id] = nil
             return waiter
         }
+        waiter?.timeout?.cancel()
         waiter?.continuation.resume(returning: streams)
         return waiter != nil
     }
-
-    var pending: Int { waiting.withLock { $0.count } }
 }
