@@ -1,9 +1,11 @@
 import Crypto
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import ServiceLifecycle
+import Shared
 import Synchronization
 import TestSupport
 import X509
@@ -110,9 +112,16 @@ public final class KubeEmulator: Sendable {
         // (5 s by default) for each client's close_notify.
         tls.shutdownTimeout = .milliseconds(50)
         let bound = AsyncStream<Int>.makeStream()
+        let serving = tls
         let app = Application(
             responder: EmulatorResponder(handler: handler),
-            server: try .tls(tlsConfiguration: tls),
+            // Connection upgrades (exec) are served beside the router, as the API
+            // server's upgrade-aware handlers do.
+            server: .init { responder in
+                try TLSChannel(UpgradingChannel(HTTP1Channel(responder: responder), handler: { head, exchange in
+                    await handler.serveUpgrade(head, exchange: exchange)
+                }), tlsConfiguration: serving)
+            },
             configuration: .init(address: .hostname("127.0.0.1", port: port), serverName: "kube-emulator"),
             onServerRunning: { channel in
                 bound.continuation.yield(channel.localAddress?.port ?? 0)
@@ -139,6 +148,7 @@ public final class KubeEmulator: Sendable {
         guard let listener = serving.withLock({ s -> Listener? in defer { s = nil }; return s }) else { return }
         handler.store.setServing(false)
         store.closeWatches()
+        handler.logs.endAll()
         await listener.group.triggerGracefulShutdown()
         _ = await listener.task.result
     }
@@ -224,11 +234,18 @@ public final class KubeEmulator: Sendable {
     /// Deletes an object directly (finalizers and namespace contents as the API does).
     public func delete(_ type: ResourceType, namespace: String? = nil, name: String) throws {
         _ = try store.delete(type, type.namespaced ? namespace ?? "default" : "", name, precondition: (nil, nil))
+        if type == .pods { handler.logs.end(namespace: namespace ?? "default", pod: name) }
     }
 
     /// Forgets the watch history: a watch from any resourceVersion issued so far gets
     /// the ERROR event with 410 Expired, as after an etcd compaction.
     public func compactHistory() { store.compactHistory() }
+
+    /// Writes a line to a container's log, as the container printing it would;
+    /// `kubectl logs -f` following it receives it at once.
+    public func appendLog(namespace: String, pod: String, container: String, _ line: String) {
+        handler.logs.append(namespace: namespace, pod: pod, container: container, line: line)
+    }
 
     /// How many watches are open (to wait until a client is listening).
     public var openWatchCount: Int { store.state.withLock { $0.watchers.count } }

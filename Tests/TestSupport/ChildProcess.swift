@@ -94,7 +94,9 @@ public final class ChildProcess: Sendable {
 /// Runs a short command to completion: exit status, stdout and stderr apart.
 /// Waits without blocking a thread: Swift concurrency has one thread per core here,
 /// and a blocked one stalls every server other tests run in this process.
-public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> (status: Int32, stdout: String, stderr: String) {
+/// `input`, when given, is the child's whole standard input.
+public func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                       input: String? = nil) async throws -> (status: Int32, stdout: String, stderr: String) {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -102,6 +104,14 @@ public func runCommand(_ executable: String, _ arguments: [String], environment:
     for (k, v) in environment { env[k] = v }
     process.environment = env
     process.standardInput = FileHandle.nullDevice
+    var inputFile: String?
+    if let input {
+        let path = NSTemporaryDirectory() + "stdin-\(UUID().uuidString)"
+        try input.write(toFile: path, atomically: true, encoding: .utf8)
+        process.standardInput = FileHandle(forReadingAtPath: path)
+        inputFile = path
+    }
+    defer { if let inputFile { try? FileManager.default.removeItem(atPath: inputFile) } }
     let name = URL(fileURLWithPath: executable).lastPathComponent
     let out = try OutputFile(name), err = try OutputFile(name)
     process.standardOutput = out.handle

@@ -60,8 +60,9 @@ import Testing
                            endpoint: endpoint, kubeconfig: kubeconfig)
         }
 
-        func kubectl(_ args: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
-            try await runCommand(try Tools.kubectl(), ["--kubeconfig", kubeconfig, "--request-timeout", "20s"] + args, environment: ["HOME": dir.path])
+        func kubectl(_ args: [String], input: String? = nil) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await runCommand(try Tools.kubectl(), ["--kubeconfig", kubeconfig, "--request-timeout", "20s"] + args, environment: ["HOME": dir.path],
+                                 input: input)
         }
 
         func stop() async throws {
@@ -152,7 +153,10 @@ import Testing
                 && emulator.objects(.clusterRoleBindings).allSatisfy { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) != true }
                 && emulator.objects(.roleBindings, namespace: "default").allSatisfy { $0[path: ["metadata", "name"]]?.string?.hasPrefix(account) != true }
         }
-        #expect(fixture.agent.metrics.exposition().contains("tether_agent_jit_accounts_removed_total 1"))
+        // Counted once the last binding is gone, just after the objects vanish.
+        try await eventually(timeout: .seconds(5), "removal counted") {
+            fixture.agent.metrics.exposition().contains("tether_agent_jit_accounts_removed_total 1")
+        }
         let refused = try await run("get", "namespaces")
         #expect(refused.status != 0 && refused.stderr.contains("was revoked"), "\(refused.stderr)")
         #expect(emulator.authorizationChecks(userAgentPrefix: "kubectl").count == tokenBefore, "nothing reached the cluster after the revocation")

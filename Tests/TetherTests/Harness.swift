@@ -7,10 +7,13 @@ import TestSupport
 @testable import HubStore
 @testable import TetherHub
 
-/// Tests log nothing unless TETHER_TEST_LOG is set.
+/// Tests log nothing unless TETHER_TEST_LOG is set (to a level, such as `debug`, or
+/// anything else for `info`).
 let testLogger: Logger = {
-    if ProcessInfo.processInfo.environment["TETHER_TEST_LOG"] != nil {
-        return Logger(label: "test", factory: { StreamLogHandler.standardError(label: $0) })
+    if let setting = ProcessInfo.processInfo.environment["TETHER_TEST_LOG"] {
+        var logger = Logger(label: "test", factory: { StreamLogHandler.standardError(label: $0) })
+        logger.logLevel = Logger.Level(rawValue: setting) ?? .info
+        return logger
     }
     return Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
 }()

@@ -33,10 +33,20 @@ public struct GuardedChannel<Base: ServerChildChannel>: ServerChildChannel {
 extension HTTPServerBuilder {
     /// HTTP/1.1 over TLS hardened by `TLSProfiles.harden`, each connection held
     /// to `guard`, and idle keep-alive connections closed after `idleTimeout`.
-    public static func guardedTLS(_ tls: TLSConfiguration, guard: ConnectionGuard, idleTimeout: TimeAmount = .seconds(60)) -> HTTPServerBuilder {
+    /// With `upgrades`, requests asking for a connection upgrade go there instead
+    /// of to the router.
+    public static func guardedTLS(_ tls: TLSConfiguration, guard: ConnectionGuard, idleTimeout: TimeAmount = .seconds(60),
+                                  upgrades: UpgradeHandler? = nil) -> HTTPServerBuilder {
         var hardened = tls
         TLSProfiles.harden(&hardened)
         let tls = hardened
+        if let upgrades {
+            return .init { responder in
+                GuardedChannel(try TLSChannel(UpgradingChannel(HTTP1Channel(responder: responder, configuration: .init(idleTimeout: idleTimeout)),
+                                                               handler: upgrades), tlsConfiguration: tls),
+                               guard: `guard`)
+            }
+        }
         return .init { responder in
             GuardedChannel(try TLSChannel(HTTP1Channel(responder: responder, configuration: .init(idleTimeout: idleTimeout)), tlsConfiguration: tls),
                            guard: `guard`)

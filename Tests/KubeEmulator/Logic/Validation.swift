@@ -29,6 +29,20 @@ enum Admission {
                 }
                 object["subjects"] = .array(subjects)
             }
+        case .pods:
+            // There is no scheduler or kubelet: a pod runs as soon as it is stored
+            // (what a kubelet would report once its containers started).
+            let now = ObjectStore.now()
+            let containers = object[path: ["spec", "containers"]]?.arrayValue ?? []
+            if object[path: ["status", "phase"]] == nil { object["status"] = [
+                "phase": "Running", "podIP": "10.244.0.10", "hostIP": "172.18.0.2", "startTime": .string(now), "qosClass": "BestEffort",
+                "conditions": [["type": "Ready", "status": "True", "lastTransitionTime": .string(now)]],
+                "containerStatuses": .array(containers.map { c in
+                    ["name": c["name"] ?? "", "image": c["image"] ?? "", "ready": true, "started": true, "restartCount": 0,
+                     "state": ["running": ["startedAt": .string(now)]]]
+                }),
+            ] }
+            if object[path: ["spec", "restartPolicy"]] == nil { object[path: ["spec", "restartPolicy"]] = "Always" }
         case .validatingAdmissionPolicies:
             if object[path: ["spec", "failurePolicy"]] == nil { object[path: ["spec", "failurePolicy"]] = "Fail" }
             defaultMatchResources(&object, ["spec", "matchConstraints"])
@@ -74,6 +88,13 @@ enum Admission {
                     if (rule["apiGroups"]?.arrayValue ?? []).isEmpty { errors.append(.required("\(p).apiGroups", "resource rules must supply at least one api group")) }
                     if (rule["resources"]?.arrayValue ?? []).isEmpty { errors.append(.required("\(p).resources", "resource rules must supply at least one resource")) }
                 }
+            }
+        case .pods:
+            let containers = object[path: ["spec", "containers"]]?.arrayValue ?? []
+            if containers.isEmpty { errors.append(.required("spec.containers")) }
+            for (i, c) in containers.enumerated() {
+                if (c["name"]?.string ?? "").isEmpty { errors.append(.required("spec.containers[\(i)].name")) }
+                if (c["image"]?.string ?? "").isEmpty { errors.append(.required("spec.containers[\(i)].image")) }
             }
         case .validatingAdmissionPolicyBindings:
             if (object[path: ["spec", "policyName"]]?.string ?? "").isEmpty { errors.append(.required("spec.policyName")) }

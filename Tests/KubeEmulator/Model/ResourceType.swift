@@ -20,6 +20,7 @@ public struct ResourceType: Sendable, Hashable {
 
     public static let namespaces = ResourceType(group: "", version: "v1", plural: "namespaces", kind: "Namespace", namespaced: false, tracksGeneration: false, hasStatus: true)
     public static let serviceAccounts = ResourceType(group: "", version: "v1", plural: "serviceaccounts", kind: "ServiceAccount", namespaced: true, tracksGeneration: false, hasStatus: false)
+    public static let pods = ResourceType(group: "", version: "v1", plural: "pods", kind: "Pod", namespaced: true, tracksGeneration: false, hasStatus: true)
     public static let secrets = ResourceType(group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true, tracksGeneration: false, hasStatus: false)
     public static let configMaps = ResourceType(group: "", version: "v1", plural: "configmaps", kind: "ConfigMap", namespaced: true, tracksGeneration: false, hasStatus: false)
     public static let roles = ResourceType(group: "rbac.authorization.k8s.io", version: "v1", plural: "roles", kind: "Role", namespaced: true, tracksGeneration: false, hasStatus: false)
@@ -31,7 +32,7 @@ public struct ResourceType: Sendable, Hashable {
 
     /// Every resource the emulator serves.
     public static let all: [ResourceType] = [
-        .namespaces, .serviceAccounts, .secrets, .configMaps, .roles, .roleBindings, .clusterRoles, .clusterRoleBindings,
+        .namespaces, .serviceAccounts, .pods, .secrets, .configMaps, .roles, .roleBindings, .clusterRoles, .clusterRoleBindings,
         .validatingAdmissionPolicies, .validatingAdmissionPolicyBindings,
     ]
 

@@ -7,6 +7,8 @@ struct APIRequest: Sendable {
     var method: String
     var path: String
     var query: [String: String]
+    /// Every query parameter in order, repeated ones included (`command=ls&command=-l`).
+    var queryItems: [(String, String)] = []
     var contentType: String?
     var userAgent: String?
     var authorization: String?
@@ -15,12 +17,16 @@ struct APIRequest: Sendable {
     /// Splits and percent-decodes a query string like Go's url.ParseQuery (`+` is a space).
     static func parseQuery(_ query: String?) -> [String: String] {
         var result: [String: String] = [:]
-        for pair in (query ?? "").split(separator: "&") {
+        for (key, value) in parseQueryItems(query) { result[key] = value }
+        return result
+    }
+
+    static func parseQueryItems(_ query: String?) -> [(String, String)] {
+        (query ?? "").split(separator: "&").map { pair in
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             func decode(_ s: Substring) -> String { String(s).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? String(s) }
-            result[decode(parts[0])] = parts.count > 1 ? decode(parts[1]) : ""
+            return (decode(parts[0]), parts.count > 1 ? decode(parts[1]) : "")
         }
-        return result
     }
 }
 
@@ -48,6 +54,8 @@ enum APIResponse: Sendable {
     case json(Int, JSON)
     case raw(Int, Data)
     case watch(AsyncStream<JSON>, cancel: @Sendable () -> Void, timeout: Duration?)
+    /// A streamed plain-text body (`pods/log?follow=true`).
+    case text(AsyncStream<String>, cancel: @Sendable () -> Void)
 }
 
 /// The Kubernetes REST API over the object store: routing, request decoding, and the
@@ -59,6 +67,7 @@ final class APIHandler: Sendable {
     let discovery: [String: Data]
     let openAPI: [String: Data]
     let adminToken: String
+    let logs = PodLogs()
     /// kube-apiserver's `--min-request-timeout`: how long a watch without `timeoutSeconds` may last (randomly up to twice it).
     let minRequestTimeout: Duration
 
@@ -83,7 +92,7 @@ final class APIHandler: Sendable {
         }
     }
 
-    private func authenticate(_ request: APIRequest) throws(EmulatorError) -> String {
+    func authenticate(_ request: APIRequest) throws(EmulatorError) -> String {
         guard let header = request.authorization, header.hasPrefix("Bearer ") else { throw .unauthorized }
         let token = String(header.dropFirst(7))
         if token == adminToken { return "admin" }
@@ -132,6 +141,10 @@ final class APIHandler: Sendable {
             authorizations.withLock { $0.append(check) }
         }
         authorize(verb)
+        if let subresource, type == .pods, let name, let namespace {
+            guard subresource == "log", r.method == "GET" else { throw .pathNotFound }
+            return try podLog(r, namespace: namespace, name: name)
+        }
         if let subresource {
             guard type == .serviceAccounts, subresource == "token", r.method == "POST", let name, let namespace else { throw .pathNotFound }
             return try tokenRequest(r, namespace: namespace, name: name)
@@ -430,6 +443,7 @@ final class APIHandler: Sendable {
         if !r.body.isEmpty { options = try body(r) }
         let pre = options["preconditions"]
         let (object, gone) = try store.delete(type, namespace, name, precondition: (pre?["uid"]?.string, pre?["resourceVersion"]?.string))
+        if gone, type == .pods { logs.end(namespace: namespace, pod: name) }
         if gone, type == .serviceAccounts {
             // As the real server: a token bound to a deleted ServiceAccount no longer authenticates.
             let subject = "system:serviceaccount:\(namespace):\(name)"

@@ -12,6 +12,7 @@ struct EmulatorResponder: HTTPResponder {
         let api = APIRequest(
             // Go's net/http hands the API server the decoded path (`%2F` becomes a `/`, so it splits segments there too).
             method: request.method.rawValue, path: request.uri.path.removingPercentEncoding ?? request.uri.path, query: APIRequest.parseQuery(request.uri.query),
+            queryItems: APIRequest.parseQueryItems(request.uri.query),
             contentType: request.headers[.contentType], userAgent: request.headers[.userAgent],
             authorization: request.headers[.authorization], body: Data(body.readableBytesView))
         switch handler.handle(api) {
@@ -29,6 +30,12 @@ struct EmulatorResponder: HTTPResponder {
                     data.append(UInt8(ascii: "\n"))
                     try await writer.write(ByteBuffer(bytes: data))
                 }
+                try await writer.finish(nil)
+            })
+        case .text(let lines, let cancel):
+            return Response(status: .ok, headers: [.contentType: "text/plain"], body: ResponseBody { writer in
+                defer { cancel() }
+                for await line in lines { try await writer.write(ByteBuffer(string: line)) }
                 try await writer.finish(nil)
             })
         }

@@ -17,6 +17,16 @@ package struct TunnelRequest: Sendable {
     package var grant: PersonGrant
     /// The hub's data-path probe: GET /readyz with no credential at all.
     package var probe = false
+    /// A connection upgrade (exec, attach, port-forward): the protocol asked for.
+    package var upgrade: String? = nil
+}
+
+/// What the hub sends on a tunnel after OpenTunnel: the request body (or, after a
+/// 101, the upgraded connection's bytes), then its end, or a cancellation.
+package enum TunnelInput: Sendable {
+    case body(ByteBuffer)
+    case end
+    case cancelled(String)
 }
 
 /// Who a request is for and exactly the roles the hub grants them on this cluster.
@@ -46,6 +56,10 @@ package protocol TunnelForwarder: Sendable {
     /// Sends the request (its body already read) and hands the response to `emit` as
     /// it arrives: the head first, then body chunks. Returns when the response ends.
     func forward(_ request: TunnelRequest, body: ByteBuffer, emit: @Sendable (TunnelEvent) async throws -> Void) async throws
+    /// Sends an upgrade request and hands its answer to `emit`; after a 101, copies
+    /// `input` to the upstream connection and the upstream's bytes to `emit` until
+    /// either side ends. Returns when the connection is closed.
+    func upgrade(_ request: TunnelRequest, input: AsyncStream<TunnelInput>, emit: @escaping @Sendable (TunnelEvent) async throws -> Void) async throws
     /// These sessions ended: delete their just-in-time accounts.
     func sessionsEnded(_ ids: Set<String>) async
     /// Only these sessions are live here, with these grants: delete the accounts of any
@@ -54,6 +68,9 @@ package protocol TunnelForwarder: Sendable {
 }
 
 extension TunnelForwarder {
+    package func upgrade(_ request: TunnelRequest, input: AsyncStream<TunnelInput>, emit: @escaping @Sendable (TunnelEvent) async throws -> Void) async throws {
+        try await forward(request, body: ByteBuffer(), emit: emit)
+    }
     package func sessionsEnded(_ ids: Set<String>) async {}
     package func liveSessions(_ grants: [PersonGrant]) async {}
 }
@@ -84,6 +101,7 @@ package final class KubeForwarder: TunnelForwarder {
     let connection: KubeConnection
     let accounts: JITAccounts
     let http: HTTPClient
+    let tls: TLSConfiguration
     let logger: Logger
 
     init(connection: KubeConnection, accounts: JITAccounts, logger: Logger) throws {
@@ -93,6 +111,7 @@ package final class KubeForwarder: TunnelForwarder {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.minimumTLSVersion = .tlsv12
         if let ca = connection.caPEM { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(ca.utf8))) }
+        self.tls = tls
         // Deliberately no client certificate: a request carried for a person must
         // authenticate as that person's service account and nothing else.
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls, decompression: .disabled))
@@ -120,16 +139,7 @@ package final class KubeForwarder: TunnelForwarder {
             try await send(HTTPClientRequest(url: connection.server + "/readyz"), emit: emit)
             return
         }
-        let token: String
-        do {
-            token = try await accounts.token(for: request.grant)
-        } catch {
-            logger.error("cannot prepare the just-in-time account", metadata: ["user": "\(request.grant.user)", "error": "\(error)"])
-            try await emit(.head(status: 503, headers: [("Content-Type", "application/json")]))
-            try await emit(.body(ByteBuffer(string: KubeStatusBody.json(code: 503, reason: "ServiceUnavailable",
-                message: "the agent could not prepare an account for \(request.grant.user) in this cluster: \(error)"))))
-            return
-        }
+        guard let token = try await personToken(request, emit: emit) else { return }
         guard request.path.hasPrefix("/") else { throw TetherError(.invalidArgument, "tunnel path must start with /") }
         var outbound = HTTPClientRequest(url: connection.server + request.path)
         outbound.method = HTTPMethod(rawValue: request.method)
@@ -137,6 +147,90 @@ package final class KubeForwarder: TunnelForwarder {
         outbound.headers.add(name: "Authorization", value: "Bearer \(token)")
         if body.readableBytes > 0 { outbound.body = .bytes(body) }
         try await send(outbound, emit: emit)
+    }
+
+    /// The person's just-in-time token, or nil after answering 503 when the account
+    /// cannot be made.
+    private func personToken(_ request: TunnelRequest, emit: @Sendable (TunnelEvent) async throws -> Void) async throws -> String? {
+        do {
+            return try await accounts.token(for: request.grant)
+        } catch {
+            logger.error("cannot prepare the just-in-time account", metadata: ["user": "\(request.grant.user)", "error": "\(error)"])
+            try await emit(.head(status: 503, headers: [("Content-Type", "application/json")]))
+            try await emit(.body(ByteBuffer(string: KubeStatusBody.json(code: 503, reason: "ServiceUnavailable",
+                message: "the agent could not prepare an account for \(request.grant.user) in this cluster: \(error)"))))
+            return nil
+        }
+    }
+
+    package func upgrade(_ request: TunnelRequest, input: AsyncStream<TunnelInput>, emit: @escaping @Sendable (TunnelEvent) async throws -> Void) async throws {
+        guard let upgrade = request.upgrade, !request.probe else { throw TetherError(.invalidArgument, "not an upgrade request") }
+        guard request.path.hasPrefix("/") else { throw TetherError(.invalidArgument, "tunnel path must start with /") }
+        guard let token = try await personToken(request, emit: emit) else { return }
+        guard let url = URL(string: connection.server), let host = url.host else {
+            throw TetherError(.invalidArgument, "the API server URL \(connection.server) has no host")
+        }
+        let port = url.port ?? (url.scheme == "http" ? 80 : 443)
+        var headers = HTTPHeaders()
+        for header in Self.forwardedHeaders(request.headers) { headers.add(name: header.name, value: header.value) }
+        headers.add(name: "Host", value: url.port.map { "\(host):\($0)" } ?? host)
+        headers.add(name: "Authorization", value: "Bearer \(token)")
+        headers.add(name: "Upgrade", value: upgrade)
+        headers.add(name: "Connection", value: "Upgrade")
+        let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: request.method), uri: request.path, headers: headers)
+        let answer: UpgradeAnswer
+        do {
+            // An IP address is checked against the certificate's IP SANs, never sent as SNI.
+            let sni = host.contains(":") || host.allSatisfy({ $0.isNumber || $0 == "." }) ? nil : host
+            answer = try await UpgradeClient.send(head, host: host, port: port, tls: url.scheme == "http" ? nil : tls, serverHostname: sni)
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            try await emit(.head(status: 502, headers: [("Content-Type", "application/json")]))
+            try await emit(.body(ByteBuffer(string: KubeStatusBody.json(code: 502, reason: "BadGateway",
+                message: "the agent cannot reach this cluster's API server: \(error)"))))
+            return
+        }
+        switch answer {
+        case .refused(let head, let body):
+            let headers = head.headers.map { (name: $0.name, value: $0.value) }.filter { !TunnelHeaders.dropped.contains($0.name.lowercased()) }
+            try await emit(.head(status: Int(head.status.code), headers: headers))
+            for try await chunk in body { try await emit(.body(chunk)) }
+        case .switched(let head, let raw):
+            // The 101's own headers (Upgrade, Connection, Sec-WebSocket-Accept, the
+            // chosen subprotocol) are the handshake: all of them go back.
+            let headers = head.headers.map { (name: $0.name, value: $0.value) }
+                .filter { !["content-length", "transfer-encoding"].contains($0.name.lowercased()) }
+            try await emit(.head(status: 101, headers: headers))
+            logger.debug("upgrade switched", metadata: ["tunnel": "\(request.id)", "user": "\(request.grant.user)", "path": "\(request.path)"])
+            defer { logger.debug("upgrade ended", metadata: ["tunnel": "\(request.id)"]) }
+            await withTaskCancellationHandler {
+                await withTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        loop: for await chunk in input {
+                            switch chunk {
+                            case .body(let bytes): guard (try? await raw.write(bytes)) != nil else { break loop }
+                            case .end, .cancelled: break loop
+                            }
+                        }
+                        raw.abort()
+                    }
+                    while true {
+                        let chunk: ByteBuffer?
+                        do { chunk = try await raw.read() } catch {
+                            logger.debug("upgrade upstream read failed", metadata: ["tunnel": "\(request.id)", "error": "\(error)"])
+                            break
+                        }
+                        guard let chunk else { break }
+                        logger.trace("upgrade upstream bytes", metadata: ["tunnel": "\(request.id)", "bytes": "\(chunk.readableBytes)"])
+                        guard (try? await emit(.body(chunk))) != nil else { break }
+                    }
+                    raw.abort()
+                    group.cancelAll()
+                }
+            } onCancel: {
+                raw.abort()
+            }
+        }
     }
 
     private func send(_ outbound: HTTPClientRequest, emit: @Sendable (TunnelEvent) async throws -> Void) async throws {

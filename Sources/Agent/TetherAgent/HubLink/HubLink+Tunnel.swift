@@ -8,7 +8,7 @@ import Synchronization
 extension TunnelRequest {
     init(proto open: Tether_V1_OpenTunnel) {
         self.init(id: open.id, method: open.method, path: open.path, headers: open.headers.map { ($0.name, $0.value) },
-                  grant: PersonGrant(proto: open.grant), probe: open.probe)
+                  grant: PersonGrant(proto: open.grant), probe: open.probe, upgrade: open.upgrade.isEmpty ? nil : open.upgrade)
     }
 }
 
@@ -49,18 +49,12 @@ extension HubLink {
         }
     }
 
-    private enum FromHub: Sendable {
-        case body(ByteBuffer)
-        case end
-        case cancelled(String)
-    }
-
     /// One tunnel: opens the RPC, reads the request body, forwards it, streams the
     /// response back. The hub ending the stream early (the person went away) cancels
     /// the request to the API server.
     func runTunnel(_ open: Tether_V1_OpenTunnel, client: GRPCClient<HTTP2ClientTransport.Posix>) async {
         let request = TunnelRequest(proto: open)
-        let (fromHub, fromHubWriter) = AsyncStream.makeStream(of: FromHub.self)
+        let (fromHub, fromHubWriter) = AsyncStream.makeStream(of: TunnelInput.self)
         let forwarding = ForwardingTask()
         var options = CallOptions.defaults
         options.waitForReady = false
@@ -71,34 +65,41 @@ extension HubLink {
                 options: options,
                 requestProducer: { writer in
                     try await writer.write(.with { $0.open = .with { $0.id = open.id } })
-                    var body = ByteBuffer()
-                    loop: for await event in fromHub {
+                    let forwarder = self.forwarder
+                    let emit: @Sendable (TunnelEvent) async throws -> Void = { event in
                         switch event {
+                        case .head(let status, let headers):
+                            try await writer.write(.with {
+                                $0.response = .with { head in
+                                    head.status = UInt32(status)
+                                    head.headers = headers.map { h in .with { $0.name = h.name; $0.value = h.value } }
+                                }
+                            })
                         case .body(let chunk):
-                            guard body.readableBytes + chunk.readableBytes <= Self.maxTunnelRequestBody else {
-                                try await writer.write(.with { $0.end = .with { $0.error = "request body over \(ByteCount.format(Self.maxTunnelRequestBody))" } })
-                                return
-                            }
-                            body.writeImmutableBuffer(chunk)
-                        case .end: break loop
-                        case .cancelled: return
+                            try await writer.write(.with { $0.body = Data(buffer: chunk) })
                         }
                     }
-                    let forwarder = self.forwarder
-                    let task = Task {
-                        try await forwarder.forward(request, body: body) { event in
+                    let task: Task<Void, any Error>
+                    if request.upgrade != nil {
+                        // exec, attach, port-forward: sent at once; what the hub sends
+                        // after the 101 is the connection's bytes.
+                        task = Task { try await forwarder.upgrade(request, input: fromHub, emit: emit) }
+                    } else {
+                        var body = ByteBuffer()
+                        loop: for await event in fromHub {
                             switch event {
-                            case .head(let status, let headers):
-                                try await writer.write(.with {
-                                    $0.response = .with { head in
-                                        head.status = UInt32(status)
-                                        head.headers = headers.map { h in .with { $0.name = h.name; $0.value = h.value } }
-                                    }
-                                })
                             case .body(let chunk):
-                                try await writer.write(.with { $0.body = Data(buffer: chunk) })
+                                guard body.readableBytes + chunk.readableBytes <= Self.maxTunnelRequestBody else {
+                                    try await writer.write(.with { $0.end = .with { $0.error = "request body over \(ByteCount.format(Self.maxTunnelRequestBody))" } })
+                                    return
+                                }
+                                body.writeImmutableBuffer(chunk)
+                            case .end: break loop
+                            case .cancelled: return
                             }
                         }
+                        let request = request
+                        task = Task { try await forwarder.forward(request, body: body, emit: emit) }
                     }
                     forwarding.started(task)
                     do {

@@ -85,7 +85,11 @@ enum AccessProxy {
 
     /// The live session the request's bearer token names.
     static func authenticate(_ request: Request, core: HubCore) async throws -> SessionRecord {
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+        try await authenticate(authorization: request.headers[.authorization], core: core)
+    }
+
+    static func authenticate(authorization header: String?, core: HubCore) async throws -> SessionRecord {
+        guard let header, header.hasPrefix("Bearer ") else {
             throw TetherError(.unauthenticated, "no session credential; run tether-hub kubeconfig (or log in) for a kubeconfig with one")
         }
         return try await core.authenticate(credential: String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces))
@@ -100,11 +104,17 @@ enum AccessProxy {
         }
     }
 
+    /// A request allowed to leave the hub: whose it is, for which cluster, with what.
+    struct Admitted: Sendable {
+        var session: SessionRecord
+        var cluster: ClusterName
+        var grants: AccessGrants
+    }
+
     /// Checks in the order a person can act on: who they are (401), the cluster (404),
     /// their roles there (403), the cluster being reachable (503).
-    static func proxy(_ request: Request, context: BasicRequestContext, core: HubCore) async throws -> Response {
-        let session = try await authenticate(request, core: core)
-        let clusterName = try context.parameters.require("cluster")
+    static func admit(authorization: String?, clusterName: String, core: HubCore) async throws -> Admitted {
+        let session = try await authenticate(authorization: authorization, core: core)
         guard let name = try? ClusterName(clusterName), let cluster = try await core.database.cluster(name), cluster.revokedAt == nil else {
             throw TetherError(.notFound, "cluster \"\(clusterName)\" is not registered at this hub (tether-hub kubeconfig lists the clusters you can reach)")
         }
@@ -122,7 +132,12 @@ enum AccessProxy {
             let seen = core.presence.latest(name)?.at ?? cluster.lastSeen
             throw TetherError(.unavailable, "cluster \(clusterName) is offline (last seen \(seen.map { AuditTime.format($0) } ?? "never"))")
         }
-        return try await forward(request, context: context, cluster: name, session: session, grants: decision.grants, core: core)
+        return Admitted(session: session, cluster: name, grants: decision.grants)
+    }
+
+    static func proxy(_ request: Request, context: BasicRequestContext, core: HubCore) async throws -> Response {
+        let admitted = try await admit(authorization: request.headers[.authorization], clusterName: try context.parameters.require("cluster"), core: core)
+        return try await forward(request, context: context, cluster: admitted.cluster, session: admitted.session, grants: admitted.grants, core: core)
     }
 
     /// Request headers carried to the cluster (`TunnelHeaders`).
@@ -175,27 +190,41 @@ enum AccessProxy {
         return Response(status: .init(code: status), headers: fields, body: ResponseBody { writer in
             var bytes = 0
             var outcome = "complete"
-            do {
-                loop: for try await frame in streams.fromAgent {
-                    switch frame {
-                    case .body(let chunk):
-                        bytes += chunk.readableBytes
-                        try await writer.write(chunk)
-                    case .end(let error):
-                        if let error { outcome = "agent: \(error)" }
-                        break loop
-                    case .response:
-                        continue
-                    }
+            var clientGone = false
+            var iterator = streams.fromAgent.makeAsyncIterator()
+            loop: while true {
+                let frame: TunnelFrame?
+                do {
+                    frame = try await iterator.next()
+                } catch {
+                    // The agent's side failed (it restarted, the channel dropped): the
+                    // response still ends properly, so a watch ends as the API server
+                    // ending it would and kubectl does not report a broken stream.
+                    outcome = "the tunnel failed: \(error)"
+                    break loop
                 }
-                try await writer.finish(nil)
-                streams.toAgent.finish()
-            } catch {
-                outcome = "ended early: \(error)"
-                await streams.toAgent.send(.end(error: "the client went away"))
-                streams.toAgent.finish()
-                streams.fromAgent.finish()
+                switch frame {
+                case .body(let chunk)?:
+                    bytes += chunk.readableBytes
+                    do { try await writer.write(chunk) } catch {
+                        outcome = "ended early: \(error)"
+                        clientGone = true
+                        break loop
+                    }
+                case .end(let error)?:
+                    if let error { outcome = "agent: \(error)" }
+                    break loop
+                case .response?: continue
+                case nil: break loop
+                }
             }
+            if clientGone {
+                await streams.toAgent.send(.end(error: "the client went away"))
+                streams.fromAgent.finish()
+            } else {
+                try? await writer.finish(nil)
+            }
+            streams.toAgent.finish()
             core.metrics.tunnelsOpen.decrement()
             let ms = Int((ContinuousClock.now - started).seconds * 1000)
             let info = KubeRequestInfo(method: method, path: path)
@@ -229,14 +258,10 @@ struct KubeStatusMiddleware<Context: RequestContext>: RouterMiddleware {
 
 enum KubeStatus {
     static func response(for error: TetherError) -> Response {
-        switch error.code {
-        case .unauthenticated: response(code: 401, reason: "Unauthorized", message: error.message)
-        case .permissionDenied: response(code: 403, reason: "Forbidden", message: error.message)
-        case .notFound: response(code: 404, reason: "NotFound", message: error.message)
-        case .invalidArgument: response(code: 400, reason: "BadRequest", message: error.message)
-        case .unavailable: response(code: 503, reason: "ServiceUnavailable", message: error.message)
-        default: response(code: 500, reason: "InternalError", message: error.message)
-        }
+        let (code, headers, body) = parts(for: error)
+        var fields = HTTPFields()
+        for (name, value) in headers { fields.append(HTTPField(name: HTTPField.Name(name)!, value: value)) }
+        return Response(status: .init(code: code), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 
     /// An RFC 7234 warning (`299 - "text"`) with the text made safe for a header.
@@ -252,18 +277,40 @@ enum KubeStatus {
     }
 
     static func response(code: Int, reason: String, message: String) -> Response {
+        let (headers, body) = parts(code: code, reason: reason, message: message)
+        var fields = HTTPFields()
+        for (name, value) in headers { fields.append(HTTPField(name: HTTPField.Name(name)!, value: value)) }
+        return Response(status: .init(code: code), headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: body)))
+    }
+
+    /// The `Status` answer's headers and body, for a response written without
+    /// Hummingbird (a refused upgrade).
+    static func parts(for error: TetherError) -> (code: Int, headers: [(String, String)], body: Data) {
+        let (code, reason): (Int, String) = switch error.code {
+        case .unauthenticated: (401, "Unauthorized")
+        case .permissionDenied: (403, "Forbidden")
+        case .notFound: (404, "NotFound")
+        case .invalidArgument: (400, "BadRequest")
+        case .unavailable: (503, "ServiceUnavailable")
+        default: (500, "InternalError")
+        }
+        let (headers, body) = parts(code: code, reason: reason, message: error.message)
+        return (code, headers, body)
+    }
+
+    static func parts(code: Int, reason: String, message: String) -> (headers: [(String, String)], body: Data) {
         let body: [String: Any] = [
             "kind": "Status", "apiVersion": "v1", "metadata": [String: Any](), "status": "Failure",
             "message": message, "reason": reason, "code": code,
         ]
         let data = (try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
-        var headers: HTTPFields = [.contentType: "application/json"]
-        if code == 401 { headers[.wwwAuthenticate] = "Bearer realm=\"tether\"" }
+        var headers = [("Content-Type", "application/json")]
+        if code == 401 { headers.append(("WWW-Authenticate", "Bearer realm=\"tether\"")) }
         // kubectl prints a Status's message only for requests it makes after
         // discovery; a refusal at discovery (/api, /apis) shows as its generic text
         // ("the server is currently unable to handle the request"). It prints every
         // Warning header, so the reason reaches the person either way.
-        headers[HTTPField.Name("Warning")!] = warning(message)
-        return Response(status: .init(code: code), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        headers.append(("Warning", warning(message)))
+        return (headers, data)
     }
 }

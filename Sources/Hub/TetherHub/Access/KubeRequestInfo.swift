@@ -19,6 +19,9 @@ struct KubeRequestInfo: Equatable, Sendable {
         self.name = name
     }
 
+    /// Subresources that open a stream into a running pod.
+    static let connectSubresources: Set<String> = ["pods/exec", "pods/attach", "pods/portforward"]
+
     init(method: String, path: String) {
         let (pathPart, query) = path.split(separator: "?", maxSplits: 1).map(String.init).splitFirst()
         let watch = query.split(separator: "&").contains { $0 == "watch=true" || $0 == "watch=1" }
@@ -46,7 +49,7 @@ struct KubeRequestInfo: Equatable, Sendable {
         var resource = segments[0]
         let name = segments.count > 1 ? segments[1] : nil
         if segments.count > 2 { resource += "/" + segments[2...].joined(separator: "/") }
-        let verb: String
+        var verb: String
         switch (method.uppercased(), name) {
         case ("GET", nil), ("HEAD", nil): verb = watch ? "watch" : "list"
         case ("GET", _), ("HEAD", _): verb = watch ? "watch" : "get"
@@ -57,6 +60,10 @@ struct KubeRequestInfo: Equatable, Sendable {
         case ("DELETE", _): verb = "delete"
         default: verb = method.lowercased()
         }
+        // exec, attach and port-forward start something in the cluster: `create` on
+        // the subresource whatever the method (a WebSocket upgrade arrives as GET;
+        // kube-apiserver checks create for it too since 1.35).
+        if Self.connectSubresources.contains(resource) { verb = "create" }
         self.init(verb: verb, apiGroup: group, resource: resource, namespace: namespace, name: name)
     }
 }

@@ -17,6 +17,8 @@ struct TunnelRequest: Sendable {
     /// which the agent sends with no credential at all.
     var session: SessionRecord?
     var grants: AccessGrants
+    /// The protocol of a connection upgrade (exec, attach, port-forward), or nil.
+    var upgrade: String? = nil
 }
 
 /// A frame of a tunnel, either way (domain form of `TunnelFrame`).

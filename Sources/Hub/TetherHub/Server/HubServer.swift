@@ -118,7 +118,8 @@ final class HubServer: Sendable {
                                                                     key: configuration.accessTLSKey),
                                     guard: core.metrics.connectionGuard(listener: "access", limits: configuration.connectionLimits, logger: logger),
                                     // Watches and log follows stay open without a byte for long stretches.
-                                    idleTimeout: .hours(24)),
+                                    idleTimeout: .hours(24),
+                                    upgrades: { head, exchange in await AccessProxy.upgrade(head, exchange: exchange, core: core) }),
                 configuration: .init(address: .hostname(accessListen.host, port: accessListen.port), serverName: "tether-hub"),
                 onServerRunning: { channel in
                     let port = channel.localAddress?.port ?? accessListen.port

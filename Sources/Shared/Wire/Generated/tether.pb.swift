@@ -263,6 +263,12 @@ public nonisolated struct Tether_V1_OpenTunnel: Sendable {
   /// never with the agent's; grant is empty.
   public var probe: Bool = false
 
+  /// A connection upgrade (exec, attach, port-forward): the protocol asked for
+  /// ("websocket", "SPDY/3.1"). The agent sends the request at once; after a 101
+  /// the body frames both ways are the upgraded connection's raw bytes, and
+  /// either side's TunnelEnd closes it. Any other answer is returned unchanged.
+  public var upgrade: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1027,7 +1033,7 @@ nonisolated extension Tether_V1_LiveSessions: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OpenTunnel"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}method\0\u{1}path\0\u{1}headers\0\u{1}grant\0\u{1}probe\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}method\0\u{1}path\0\u{1}headers\0\u{1}grant\0\u{1}probe\0\u{1}upgrade\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1041,6 +1047,7 @@ nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.headers) }()
       case 5: try { try decoder.decodeSingularMessageField(value: &self._grant) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.probe) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.upgrade) }()
       default: break
       }
     }
@@ -1069,6 +1076,9 @@ nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf
     if self.probe != false {
       try visitor.visitSingularBoolField(value: self.probe, fieldNumber: 6)
     }
+    if !self.upgrade.isEmpty {
+      try visitor.visitSingularStringField(value: self.upgrade, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1079,6 +1089,7 @@ nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.headers != rhs.headers {return false}
     if lhs._grant != rhs._grant {return false}
     if lhs.probe != rhs.probe {return false}
+    if lhs.upgrade != rhs.upgrade {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,52 @@
+import Foundation
+import KubeEmulator
+import Testing
+import TestSupport
+
+/// kubectl exec and logs straight against the emulator: its WebSocket exec and
+/// log streams behave as kube-apiserver's do for the real client.
+@Suite(.serialized) struct PodStreamTests {
+    static let pod: JSON = ["apiVersion": "v1", "kind": "Pod", "metadata": ["name": "web", "namespace": "default"],
+                            "spec": ["containers": [["name": "app", "image": "nginx:1.27"], ["name": "sidecar", "image": "envoy:1.31"]]]]
+
+    @Test func execOverWebSocketRunsTheBuiltInCommands() async throws {
+        let emulator = try await KubeEmulator.start()
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let kubeconfig = dir.sub("kubeconfig")
+        try emulator.writeKubeconfig(to: kubeconfig)
+        _ = try emulator.put(Self.pod)
+        func kubectl(_ args: String...) async throws -> (status: Int32, stdout: String, stderr: String) {
+            try await KubectlTests.run(kubeconfig, args)
+        }
+        let echoed = try await kubectl("exec", "web", "-c", "app", "--", "echo", "hi")
+        #expect(echoed.status == 0, "\(echoed.stderr)")
+        #expect(echoed.stdout == "hi\n")
+        let host = try await kubectl("exec", "web", "-c", "sidecar", "--", "hostname")
+        #expect(host.stdout == "web\n", "\(host.stderr)")
+        let missing = try await kubectl("exec", "web", "-c", "app", "--", "htop")
+        #expect(missing.status == 126, "\(missing.stderr)")
+        #expect(missing.stderr.contains(#"exec: "htop": executable file not found in $PATH"#), "\(missing.stderr)")
+        let badContainer = try await kubectl("exec", "web", "-c", "db", "--", "true")
+        #expect(badContainer.status != 0)
+        #expect(badContainer.stderr.contains("container db is not valid for pod web"), "\(badContainer.stderr)")
+
+        // The WebSocket handshake is a GET; get and create are both checked.
+        let checks = emulator.authorizationChecks(userAgentPrefix: "kubectl").filter { $0.subresource == "exec" }
+        #expect(checks.contains { $0.verb == "get" } && checks.contains { $0.verb == "create" }, "\(checks)")
+        await emulator.stop()
+    }
+
+    @Test func logsFollowEndsWhenThePodGoes() async throws {
+        let emulator = try await KubeEmulator.start()
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let kubeconfig = dir.sub("kubeconfig")
+        try emulator.writeKubeconfig(to: kubeconfig)
+        _ = try emulator.put(Self.pod)
+        for i in 1...5 { emulator.appendLog(namespace: "default", pod: "web", container: "app", "line \(i)") }
+        let tail = try await KubectlTests.run(kubeconfig, ["logs", "web", "-c", "app", "--tail", "2"])
+        #expect(tail.stdout == "line 4\nline 5\n", "\(tail.stderr)")
+        await emulator.stop()
+    }
+}
