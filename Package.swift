@@ -141,6 +141,8 @@ let package = Package(
             name: "TestSupport",
             dependencies: [
                 "Shared",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -149,7 +151,7 @@ let package = Package(
         .target(
             name: "KubeEmulator",
             dependencies: [
-                "TestSupport", "Shared",
+                "TestSupport", "Shared", "CZlib",
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -7,7 +7,8 @@ import TestSupport
 /// log streams behave as kube-apiserver's do for the real client.
 @Suite(.serialized) struct PodStreamTests {
     static let pod: JSON = ["apiVersion": "v1", "kind": "Pod", "metadata": ["name": "web", "namespace": "default"],
-                            "spec": ["containers": [["name": "app", "image": "nginx:1.27"], ["name": "sidecar", "image": "envoy:1.31"]]]]
+                            "spec": ["containers": [["name": "app", "image": "nginx:1.27", "ports": [["containerPort": 80]]],
+                                                    ["name": "sidecar", "image": "envoy:1.31"]]]]
 
     @Test func execOverWebSocketRunsTheBuiltInCommands() async throws {
         let emulator = try await KubeEmulator.start()
@@ -47,6 +48,38 @@ import TestSupport
         for i in 1...5 { emulator.appendLog(namespace: "default", pod: "web", container: "app", "line \(i)") }
         let tail = try await KubectlTests.run(kubeconfig, ["logs", "web", "-c", "app", "--tail", "2"])
         #expect(tail.stdout == "line 4\nline 5\n", "\(tail.stderr)")
+        await emulator.stop()
+    }
+
+    @Test func portForwardOverSPDYReachesTheContainersPort() async throws {
+        let emulator = try await KubeEmulator.start()
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let kubeconfig = dir.sub("kubeconfig")
+        try emulator.writeKubeconfig(to: kubeconfig)
+        _ = try emulator.put(Self.pod)
+        let forward = try ChildProcess(try Tools.kubectl(), ["--kubeconfig", kubeconfig, "port-forward", "pod/web", ":80", ":81"],
+                                       environment: ["HOME": dir.path])
+        try await forward.waitForOutput(containing: "-> 81", timeout: .seconds(20))
+        let ports = forward.output.split(separator: "\n").compactMap { line -> (Int, Int)? in
+            // "Forwarding from 127.0.0.1:43567 -> 80"
+            guard line.hasPrefix("Forwarding from 127.0.0.1:") else { return nil }
+            let parts = line.dropFirst("Forwarding from 127.0.0.1:".count).split(separator: " ")
+            guard parts.count == 3, let local = Int(parts[0]), let remote = Int(parts[2]) else { return nil }
+            return (local, remote)
+        }
+        let local80 = try #require(ports.first { $0.1 == 80 }?.0, "\(forward.output)")
+        let local81 = try #require(ports.first { $0.1 == 81 }?.0, "\(forward.output)")
+        // The container's port 80 echoes; two connections, one after the other.
+        #expect(try await tcpExchange(port: local80, send: "ping\n", expected: 5) == "ping\n")
+        #expect(try await tcpExchange(port: local80, send: "second\n", expected: 7) == "second\n")
+        // Nothing listens on 81: the kubelet's error reaches kubectl, and the connection closes.
+        #expect(try await tcpExchange(port: local81, send: "x", expected: 1) == "")
+        try await forward.waitForOutput(containing: "connection refused", timeout: .seconds(10))
+        let checks = emulator.authorizationChecks(userAgentPrefix: "kubectl").filter { $0.subresource == "portforward" }
+        #expect(checks.contains { $0.verb == "create" }, "\(checks)")
+        forward.signal(SIGTERM)
+        _ = await forward.waitForExit()
         await emulator.stop()
     }
 }

@@ -14,7 +14,7 @@ import Testing
 
     static func pod(_ name: String, containers: [String] = ["app"]) -> JSON {
         ["apiVersion": "v1", "kind": "Pod", "metadata": ["name": .string(name), "namespace": "default"],
-         "spec": ["containers": .array(containers.map { ["name": .string($0), "image": "nginx:1.27"] })]]
+         "spec": ["containers": .array(containers.map { ["name": .string($0), "image": "nginx:1.27", "ports": [["containerPort": 80]]] })]]
     }
 
     @Test func kubectlExecOverWebSocketPassesThroughTheHub() async throws {
@@ -67,6 +67,39 @@ import Testing
         #expect(refused.map { $0.lowercased() }.sorted() == ["spdy/3.1", "websocket"], "\(execs)")
         #expect(fixture.hub.core.metrics.exposition().contains(#"tether_access_requests_total{cluster="prod-eu",code="101"}"#))
         #expect(fixture.hub.core.metrics.exposition().contains("tether_access_tunnels_open 0"))
+        try await fixture.stop()
+    }
+
+    @Test func kubectlPortForwardOverSPDYPassesThroughTheHub() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let fixture = try await Fixture.start(dir)
+        _ = try fixture.emulator.put(Self.pod("web"))
+        let forward = try ChildProcess(try Tools.kubectl(), ["--kubeconfig", fixture.kubeconfig, "port-forward", "-n", "default", "pod/web", ":80"],
+                                       environment: ["HOME": dir.path])
+        try await forward.waitForOutput(containing: "-> 80", timeout: .seconds(20))
+        let line = try #require(forward.output.split(separator: "\n").first { $0.hasPrefix("Forwarding from 127.0.0.1:") })
+        let local = try #require(Int(line.dropFirst("Forwarding from 127.0.0.1:".count).split(separator: " ")[0]))
+        // Bytes to the pod's port 80 and back (the emulated container echoes),
+        // through kubectl, the hub, the tunnel, the agent and the API server.
+        #expect(try await tcpExchange(port: local, send: "hello port 80\n", expected: 14) == "hello port 80\n")
+        #expect(try await tcpExchange(port: local, send: "again\n", expected: 6) == "again\n")
+
+        let account = JITAccounts.accountName(user: "alice@example.com", session: fixture.session.id)
+        let checks = fixture.emulator.authorizationChecks(userAgentPrefix: "kubectl").filter { $0.subresource == "portforward" }
+        #expect(checks.contains { $0.verb == "create" } && checks.allSatisfy { $0.user == "system:serviceaccount:default:\(account)" }, "\(checks)")
+        forward.signal(SIGTERM)
+        _ = await forward.waitForExit()
+        // kubectl tried the WebSocket tunnel first (refused: not emulated), then SPDY, which the hub switched.
+        try await eventually(timeout: .seconds(5), "the port-forward audited") {
+            let events = try await fixture.hub.core.database.auditEvents(AuditQuery(cluster: "hub", user: "alice@example.com", verb: "create",
+                                                                                    resource: "pods/portforward", namespace: "default", name: "web"))
+            let codes = events.compactMap { record -> Int? in
+                let event = try? JSONSerialization.jsonObject(with: record.event) as? [String: Any]
+                return (event?["responseStatus"] as? [String: Any])?["code"] as? Int
+            }
+            return codes.contains(101) && codes.contains(400)
+        }
         try await fixture.stop()
     }
 

@@ -101,9 +101,16 @@ extension APIHandler {
         var tty: Bool
     }
 
-    /// Checks an upgrade request for `pods/NAME/exec` as the API server does before
-    /// it upgrades; the error is the Status it answers with instead.
-    func execRequest(_ r: APIRequest, upgrade: String) throws(EmulatorError) -> ExecRequest {
+    /// What an upgrade request asks for.
+    enum ConnectRequest: Sendable {
+        case exec(ExecRequest)
+        /// The ports the pod's containers declare, which answer (with an echo).
+        case portForward(pod: String, ports: Set<Int>)
+    }
+
+    /// Checks an upgrade request for `pods/NAME/exec` or `portforward` as the API
+    /// server does before it upgrades; the error is the Status it answers with instead.
+    func connectRequest(_ r: APIRequest, upgrade: String) throws(EmulatorError) -> ConnectRequest {
         if r.authorization == nil { anonymous.withLock { $0.append(r.path) } }
         let user = try authenticate(r)
         let segments = r.path.split(separator: "/").map(String.init)
@@ -124,8 +131,13 @@ extension APIHandler {
         if r.method == "GET" { authorize("get") }
         authorize("create")
         let pod = try store.get(.pods, namespace, name)
+        if subresource == "portforward" {
+            let ports = (pod[path: ["spec", "containers"]]?.arrayValue ?? []).flatMap { $0["ports"]?.arrayValue ?? [] }
+                .compactMap { $0["containerPort"]?.intValue }
+            return .portForward(pod: name, ports: Set(ports))
+        }
         guard subresource == "exec" else {
-            throw .badRequest("the emulator serves exec only; \(subresource) is not emulated")
+            throw .badRequest("the emulator serves exec and portforward; \(subresource) is not emulated")
         }
         let container = try Self.container(of: pod, name: name, asked: r.query["container"], verb: "exec")
         let command = r.queryItems.filter { $0.0 == "command" }.map(\.1)
@@ -136,7 +148,7 @@ extension APIHandler {
         guard request.stdin || request.stdout || request.stderr else {
             throw .badRequest("you must specify at least 1 of stdin, stdout, stderr")
         }
-        return request
+        return .exec(request)
     }
 
     /// Serves one upgrade request on the emulator's listener.
@@ -148,22 +160,40 @@ extension APIHandler {
                                  body: Data())
         let upgrade = head.headers.upgradeProtocol ?? ""
         do throws(EmulatorError) {
-            let exec = try execRequest(request, upgrade: upgrade)
-            guard upgrade.lowercased() == "websocket" else {
-                // kubectl offers WebSocket first and falls back to SPDY only when that is refused.
-                throw .badRequest("the emulator speaks WebSocket (v5.channel.k8s.io) only, not \(upgrade)")
+            switch try connectRequest(request, upgrade: upgrade) {
+            case .exec(let exec):
+                guard upgrade.lowercased() == "websocket" else {
+                    // kubectl offers WebSocket first and falls back to SPDY only when that is refused.
+                    throw .badRequest("the emulator speaks WebSocket (v5.channel.k8s.io) for exec, not \(upgrade)")
+                }
+                let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { String($0).trimmingCharacters(in: .whitespaces) }
+                guard let key = head.headers.first(name: "sec-websocket-key"), offered.contains(WebSocketExec.v5) else {
+                    throw .badRequest("unable to upgrade connection: the WebSocket server supports only the \(WebSocketExec.v5) protocol, offered: \(offered)")
+                }
+                var headers = HTTPHeaders()
+                headers.add(name: "Upgrade", value: "websocket")
+                headers.add(name: "Connection", value: "Upgrade")
+                headers.add(name: "Sec-WebSocket-Accept", value: WebSocketFrames.accept(key: key))
+                headers.add(name: "Sec-WebSocket-Protocol", value: WebSocketExec.v5)
+                guard let raw = try? await exchange.switchProtocols(headers: headers) else { return }
+                await WebSocketExec(request: exec, raw: raw).run()
+            case .portForward(let pod, let ports):
+                guard upgrade.uppercased() == "SPDY/3.1" else {
+                    // Port-forward tunneled in WebSocket (SPDY/3.1+portforward.k8s.io)
+                    // is not emulated; refused, kubectl falls back to SPDY.
+                    throw .badRequest("the emulator serves port-forward over SPDY/3.1 only, not \(upgrade)")
+                }
+                let offered = head.headers[canonicalForm: "x-stream-protocol-version"].map { String($0).trimmingCharacters(in: .whitespaces) }
+                guard offered.contains("portforward.k8s.io") else {
+                    throw .badRequest("unable to upgrade: no common protocol: client offered \(offered), server supports [portforward.k8s.io]")
+                }
+                var headers = HTTPHeaders()
+                headers.add(name: "Connection", value: "Upgrade")
+                headers.add(name: "Upgrade", value: "SPDY/3.1")
+                headers.add(name: "X-Stream-Protocol-Version", value: "portforward.k8s.io")
+                guard let raw = try? await exchange.switchProtocols(headers: headers) else { return }
+                await SPDYPortForward(connection: raw, ports: ports, podName: pod).run()
             }
-            let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { String($0).trimmingCharacters(in: .whitespaces) }
-            guard let key = head.headers.first(name: "sec-websocket-key"), offered.contains(WebSocketExec.v5) else {
-                throw .badRequest("unable to upgrade connection: the WebSocket server supports only the \(WebSocketExec.v5) protocol, offered: \(offered)")
-            }
-            var headers = HTTPHeaders()
-            headers.add(name: "Upgrade", value: "websocket")
-            headers.add(name: "Connection", value: "Upgrade")
-            headers.add(name: "Sec-WebSocket-Accept", value: WebSocketFrames.accept(key: key))
-            headers.add(name: "Sec-WebSocket-Protocol", value: WebSocketExec.v5)
-            guard let raw = try? await exchange.switchProtocols(headers: headers) else { return }
-            await WebSocketExec(request: exec, raw: raw).run()
         } catch {
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: "application/json")
