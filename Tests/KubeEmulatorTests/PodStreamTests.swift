@@ -51,7 +51,9 @@ import TestSupport
         await emulator.stop()
     }
 
-    @Test func portForwardOverSPDYReachesTheContainersPort() async throws {
+    /// kubectl tries SPDY tunneled in WebSocket first; with the tunnel turned off it
+    /// upgrades to SPDY/3.1 directly. Both reach the same streams.
+    @Test(arguments: [true, false]) func portForwardReachesTheContainersPort(webSocket: Bool) async throws {
         let emulator = try await KubeEmulator.start()
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
@@ -59,7 +61,7 @@ import TestSupport
         try emulator.writeKubeconfig(to: kubeconfig)
         _ = try emulator.put(Self.pod)
         let forward = try ChildProcess(try Tools.kubectl(), ["--kubeconfig", kubeconfig, "port-forward", "pod/web", ":80", ":81"],
-                                       environment: ["HOME": dir.path])
+                                       environment: ["HOME": dir.path, "KUBECTL_PORT_FORWARD_WEBSOCKETS": webSocket ? "true" : "false"])
         try await forward.waitForOutput(containing: "-> 81", timeout: .seconds(20))
         let ports = forward.output.split(separator: "\n").compactMap { line -> (Int, Int)? in
             // "Forwarding from 127.0.0.1:43567 -> 80"
@@ -78,6 +80,8 @@ import TestSupport
         try await forward.waitForOutput(containing: "connection refused", timeout: .seconds(10))
         let checks = emulator.authorizationChecks(userAgentPrefix: "kubectl").filter { $0.subresource == "portforward" }
         #expect(checks.contains { $0.verb == "create" }, "\(checks)")
+        // The WebSocket handshake is a GET (get, then create, checked); SPDY's is a POST.
+        #expect(checks.contains { $0.verb == "get" } == webSocket, "\(checks)")
         forward.signal(SIGTERM)
         _ = await forward.waitForExit()
         await emulator.stop()

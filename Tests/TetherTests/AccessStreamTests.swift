@@ -70,13 +70,15 @@ import Testing
         try await fixture.stop()
     }
 
-    @Test func kubectlPortForwardOverSPDYPassesThroughTheHub() async throws {
+    /// kubectl's first choice, SPDY tunneled in WebSocket, and plain SPDY/3.1 (its
+    /// fallback, or with the tunnel turned off): both are upgrades the hub carries as bytes.
+    @Test(arguments: ["websocket", "SPDY/3.1"]) func kubectlPortForwardPassesThroughTheHub(upgrade: String) async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let fixture = try await Fixture.start(dir)
         _ = try fixture.emulator.put(Self.pod("web"))
         let forward = try ChildProcess(try Tools.kubectl(), ["--kubeconfig", fixture.kubeconfig, "port-forward", "-n", "default", "pod/web", ":80"],
-                                       environment: ["HOME": dir.path])
+                                       environment: ["HOME": dir.path, "KUBECTL_PORT_FORWARD_WEBSOCKETS": upgrade == "websocket" ? "true" : "false"])
         try await forward.waitForOutput(containing: "-> 80", timeout: .seconds(20))
         let line = try #require(forward.output.split(separator: "\n").first { $0.hasPrefix("Forwarding from 127.0.0.1:") })
         let local = try #require(Int(line.dropFirst("Forwarding from 127.0.0.1:".count).split(separator: " ")[0]))
@@ -90,15 +92,14 @@ import Testing
         #expect(checks.contains { $0.verb == "create" } && checks.allSatisfy { $0.user == "system:serviceaccount:default:\(account)" }, "\(checks)")
         forward.signal(SIGTERM)
         _ = await forward.waitForExit()
-        // kubectl tried the WebSocket tunnel first (refused: not emulated), then SPDY, which the hub switched.
         try await eventually(timeout: .seconds(5), "the port-forward audited") {
             let events = try await fixture.hub.core.database.auditEvents(AuditQuery(cluster: "hub", user: "alice@example.com", verb: "create",
                                                                                     resource: "pods/portforward", namespace: "default", name: "web"))
-            let codes = events.compactMap { record -> Int? in
+            return events.contains { record in
                 let event = try? JSONSerialization.jsonObject(with: record.event) as? [String: Any]
-                return (event?["responseStatus"] as? [String: Any])?["code"] as? Int
+                return (event?["responseStatus"] as? [String: Any])?["code"] as? Int == 101
+                    && (event?["annotations"] as? [String: String])?["tether.dev/upgrade"]?.lowercased() == upgrade.lowercased()
             }
-            return codes.contains(101) && codes.contains(400)
         }
         try await fixture.stop()
     }

@@ -74,16 +74,17 @@ import Testing
     @Test func sigtermWhileEnrollmentRetriesExitsZero() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        // A hub address where nothing listens: the agent retries with backoff.
-        let closed = try await SilentListener()
-        let port = closed.port
-        try await closed.close()
-        let join = Self.joinString(port: port)
+        // A hub address where nothing listens: the agent retries with backoff. The
+        // port stays reserved (bound, never listening), so no other test's server can
+        // be given it meanwhile.
+        let closed = try ReservedPort()
+        let join = Self.joinString(port: closed.port)
         let agent = try Self.agent(dir, join: join.encoded)
         try await agent.waitForOutput(containing: "reconnecting")
         agent.signal(SIGTERM)
         let exit = try await Self.exitStatus(agent)
         #expect(exit.reason == .exit && exit.status == 0, "\(exit) \(agent.output)")
+        withExtendedLifetime(closed) {}
     }
 
     @Test func sigtermWhileEnrollmentHangsExitsZero() async throws {

@@ -178,11 +178,22 @@ extension APIHandler {
                 guard let raw = try? await exchange.switchProtocols(headers: headers) else { return }
                 await WebSocketExec(request: exec, raw: raw).run()
             case .portForward(let pod, let ports):
-                guard upgrade.uppercased() == "SPDY/3.1" else {
-                    // Port-forward tunneled in WebSocket (SPDY/3.1+portforward.k8s.io)
-                    // is not emulated; refused, kubectl falls back to SPDY.
-                    throw .badRequest("the emulator serves port-forward over SPDY/3.1 only, not \(upgrade)")
+                if upgrade.lowercased() == "websocket" {
+                    // kubectl's first choice: SPDY tunneled in WebSocket (kube-apiserver 1.31+).
+                    let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { String($0).trimmingCharacters(in: .whitespaces) }
+                    guard let key = head.headers.first(name: "sec-websocket-key"), offered.contains(WebSocketByteStream.portForwardProtocol) else {
+                        throw .badRequest("unable to upgrade connection: supported protocols: [\(WebSocketByteStream.portForwardProtocol)], offered: \(offered)")
+                    }
+                    var headers = HTTPHeaders()
+                    headers.add(name: "Upgrade", value: "websocket")
+                    headers.add(name: "Connection", value: "Upgrade")
+                    headers.add(name: "Sec-WebSocket-Accept", value: WebSocketFrames.accept(key: key))
+                    headers.add(name: "Sec-WebSocket-Protocol", value: WebSocketByteStream.portForwardProtocol)
+                    guard let raw = try? await exchange.switchProtocols(headers: headers) else { return }
+                    await SPDYPortForward(connection: WebSocketByteStream(raw: raw), ports: ports, podName: pod).run()
+                    return
                 }
+                guard upgrade.uppercased() == "SPDY/3.1" else { throw .badRequest("unable to upgrade: unknown protocol \(upgrade)") }
                 let offered = head.headers[canonicalForm: "x-stream-protocol-version"].map { String($0).trimmingCharacters(in: .whitespaces) }
                 guard offered.contains("portforward.k8s.io") else {
                     throw .badRequest("unable to upgrade: no common protocol: client offered \(offered), server supports [portforward.k8s.io]")

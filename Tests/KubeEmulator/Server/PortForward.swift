@@ -140,6 +140,37 @@ extension RawConnection: ByteStream {
     func close() { abort() }
 }
 
+/// The WebSocket tunnel kubectl tries first for port-forward (subprotocol
+/// `SPDY/3.1+portforward.k8s.io`): the SPDY connection's bytes in binary messages.
+actor WebSocketByteStream: ByteStream {
+    static let portForwardProtocol = "SPDY/3.1+portforward.k8s.io"
+    let raw: RawConnection
+    private var input = ByteBuffer()
+
+    init(raw: RawConnection) { self.raw = raw }
+
+    func read() async throws -> ByteBuffer? {
+        while true {
+            while let frame = try WebSocketFrames.decode(&input) {
+                switch frame.opcode {
+                case 0x9: try await raw.write(WebSocketFrames.encode(opcode: 0xA, frame.payload))
+                case 0x8: return nil
+                case 0x0, 0x1, 0x2: if !frame.payload.isEmpty { return ByteBuffer(bytes: frame.payload) }
+                default: continue
+                }
+            }
+            guard let chunk = try await raw.read() else { return nil }
+            input.writeImmutableBuffer(chunk)
+        }
+    }
+
+    func write(_ bytes: ByteBuffer) async throws {
+        try await raw.write(WebSocketFrames.encode(opcode: 0x2, Array(bytes.readableBytesView)))
+    }
+
+    nonisolated func close() { raw.abort() }
+}
+
 /// A SPDY/3.1 session serving port-forward streams.
 actor SPDYPortForward {
     static let protocolVersion: UInt16 = 3

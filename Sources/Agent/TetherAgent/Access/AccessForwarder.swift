@@ -1,3 +1,4 @@
+import AsyncAlgorithms
 import AsyncHTTPClient
 import Crypto
 import Foundation
@@ -59,7 +60,7 @@ package protocol TunnelForwarder: Sendable {
     /// Sends an upgrade request and hands its answer to `emit`; after a 101, copies
     /// `input` to the upstream connection and the upstream's bytes to `emit` until
     /// either side ends. Returns when the connection is closed.
-    func upgrade(_ request: TunnelRequest, input: AsyncStream<TunnelInput>, emit: @escaping @Sendable (TunnelEvent) async throws -> Void) async throws
+    func upgrade(_ request: TunnelRequest, input: AsyncChannel<TunnelInput>, emit: @escaping @Sendable (TunnelEvent) async throws -> Void) async throws
     /// These sessions ended: delete their just-in-time accounts.
     func sessionsEnded(_ ids: Set<String>) async
     /// Only these sessions are live here, with these grants: delete the accounts of any
@@ -68,7 +69,7 @@ package protocol TunnelForwarder: Sendable {
 }
 
 extension TunnelForwarder {
-    package func upgrade(_ request: TunnelRequest, input: AsyncStream<TunnelInput>, emit: @escaping @Sendable (TunnelEvent) async throws -> Void) async throws {
+    package func upgrade(_ request: TunnelRequest, input: AsyncChannel<TunnelInput>, emit: @escaping @Sendable (TunnelEvent) async throws -> Void) async throws {
         try await forward(request, body: ByteBuffer(), emit: emit)
     }
     package func sessionsEnded(_ ids: Set<String>) async {}
@@ -163,7 +164,7 @@ package final class KubeForwarder: TunnelForwarder {
         }
     }
 
-    package func upgrade(_ request: TunnelRequest, input: AsyncStream<TunnelInput>, emit: @escaping @Sendable (TunnelEvent) async throws -> Void) async throws {
+    package func upgrade(_ request: TunnelRequest, input: AsyncChannel<TunnelInput>, emit: @escaping @Sendable (TunnelEvent) async throws -> Void) async throws {
         guard let upgrade = request.upgrade, !request.probe else { throw TetherError(.invalidArgument, "not an upgrade request") }
         guard request.path.hasPrefix("/") else { throw TetherError(.invalidArgument, "tunnel path must start with /") }
         guard let token = try await personToken(request, emit: emit) else { return }
@@ -206,12 +207,16 @@ package final class KubeForwarder: TunnelForwarder {
             await withTaskCancellationHandler {
                 await withTaskGroup(of: Void.self) { group in
                     group.addTask {
+                        var reason = "the hub's side ended"
                         loop: for await chunk in input {
                             switch chunk {
-                            case .body(let bytes): guard (try? await raw.write(bytes)) != nil else { break loop }
-                            case .end, .cancelled: break loop
+                            case .body(let bytes):
+                                guard (try? await raw.write(bytes)) != nil else { reason = "upstream write failed"; break loop }
+                            case .end: reason = "the person's side closed"; break loop
+                            case .cancelled(let why): reason = "cancelled: \(why)"; break loop
                             }
                         }
+                        self.logger.debug("upgrade input ended", metadata: ["tunnel": "\(request.id)", "reason": "\(reason)"])
                         raw.abort()
                     }
                     while true {
@@ -222,7 +227,10 @@ package final class KubeForwarder: TunnelForwarder {
                         }
                         guard let chunk else { break }
                         logger.trace("upgrade upstream bytes", metadata: ["tunnel": "\(request.id)", "bytes": "\(chunk.readableBytes)"])
-                        guard (try? await emit(.body(chunk))) != nil else { break }
+                        guard (try? await emit(.body(chunk))) != nil else {
+                            logger.debug("upgrade emit to the hub failed", metadata: ["tunnel": "\(request.id)"])
+                            break
+                        }
                     }
                     raw.abort()
                     group.cancelAll()

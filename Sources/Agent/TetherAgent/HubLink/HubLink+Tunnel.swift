@@ -1,3 +1,4 @@
+import AsyncAlgorithms
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
@@ -54,7 +55,10 @@ extension HubLink {
     /// the request to the API server.
     func runTunnel(_ open: Tether_V1_OpenTunnel, client: GRPCClient<HTTP2ClientTransport.Posix>) async {
         let request = TunnelRequest(proto: open)
-        let (fromHub, fromHubWriter) = AsyncStream.makeStream(of: TunnelInput.self)
+        // No buffer: the hub's next frame is read from the RPC only once this one
+        // is taken, so a slow API server holds the person back (HTTP/2 flow
+        // control of this RPC), and nothing piles up in the agent.
+        let fromHub = AsyncChannel<TunnelInput>()
         let forwarding = ForwardingTask()
         var options = CallOptions.defaults
         options.waitForReady = false
@@ -86,6 +90,9 @@ extension HubLink {
                         task = Task { try await forwarder.upgrade(request, input: fromHub, emit: emit) }
                     } else {
                         var body = ByteBuffer()
+                        var complete = false
+                        // Later frames (a cancellation) are not waited for: the channel ends here.
+                        defer { fromHub.finish() }
                         loop: for await event in fromHub {
                             switch event {
                             case .body(let chunk):
@@ -94,10 +101,13 @@ extension HubLink {
                                     return
                                 }
                                 body.writeImmutableBuffer(chunk)
-                            case .end: break loop
+                            case .end:
+                                complete = true
+                                break loop
                             case .cancelled: return
                             }
                         }
+                        guard complete else { return }
                         let request = request
                         task = Task { try await forwarder.forward(request, body: body, emit: emit) }
                     }
@@ -111,24 +121,25 @@ extension HubLink {
                             try? await writer.write(.with { $0.end = .with { $0.error = "\(error)" } })
                         }
                     }
+                    fromHub.finish()
                 },
                 onResponse: { response in
                     for try await frame in response.messages {
                         switch frame.kind {
-                        case .body(let data): fromHubWriter.yield(.body(ByteBuffer(bytes: data)))
+                        case .body(let data): await fromHub.send(.body(ByteBuffer(bytes: data)))
                         case .end(let end):
                             if end.error.isEmpty {
-                                fromHubWriter.yield(.end)
+                                await fromHub.send(.end)
                             } else {
-                                fromHubWriter.yield(.cancelled(end.error))
+                                // The person went away: stop first (nobody may be reading).
                                 forwarding.cancel()
+                                fromHub.finish()
                             }
                         case .open, .response, .none: continue
                         }
                     }
                     // The hub ended the stream: nothing more will be read.
-                    fromHubWriter.yield(.cancelled("the hub closed the tunnel"))
-                    fromHubWriter.finish()
+                    fromHub.finish()
                     forwarding.cancel()
                 })
         } catch {

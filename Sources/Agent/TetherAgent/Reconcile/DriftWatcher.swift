@@ -71,6 +71,7 @@ struct DriftWatcher: Service {
 
     private func watchLoop(_ resource: KubeResource) async {
         let selector = "\(KubernetesApplier.managedByLabel)=tether"
+        defer { logger.trace("drift watch loop ended", metadata: ["kind": "\(resource.kind)"]) }
         while !Task.isCancelled {
             do {
                 let (items, resourceVersion) = try await client.list(resource, labelSelector: selector)
@@ -80,6 +81,7 @@ struct DriftWatcher: Service {
                 for key in state.desired.value.keys.sorted() where key.hasPrefix(resource.kind + "/") {
                     try await repair(key, seen: listed[key])
                 }
+                logger.trace("drift watch opening", metadata: ["kind": "\(resource.kind)"])
                 try await client.watch(resource, resourceVersion: resourceVersion, labelSelector: selector) { event in
                     let key = Self.key(resource, event.object)
                     switch event.type {

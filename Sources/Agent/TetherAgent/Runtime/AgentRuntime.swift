@@ -49,9 +49,11 @@ final class AgentRuntime: Sendable {
     let group: ServiceGroup
     let kubeClient: KubeClient?
     let kubeForwarder: KubeForwarder?
+    let logger: Logger
 
     /// `clock`: what the channel schedules renewal by (tests pass a `ManualAgentClock`).
     init(configuration c: AgentConfiguration, logger: Logger, signals: [UnixSignal] = [], clock: any AgentClock = SystemAgentClock()) throws {
+        self.logger = logger
         let metrics = AgentMetrics()
         let spool = try AuditSpool(directory: c.stateDirectory + "/audit-spool", limit: c.auditSpoolMax)
         let applier: any DesiredStateApplier
@@ -157,8 +159,11 @@ final class AgentRuntime: Sendable {
             try? await kubeForwarder?.shutdown()
             throw error
         }
+        logger.trace("agent services stopped; closing API clients")
         try? await kubeClient?.shutdown()
+        logger.trace("kube client closed")
         try? await kubeForwarder?.shutdown()
+        logger.trace("forwarder closed")
     }
     func shutdown() async { await group.triggerGracefulShutdown() }
 }

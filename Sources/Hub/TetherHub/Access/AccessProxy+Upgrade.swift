@@ -64,10 +64,17 @@ extension AccessProxy {
                     // The person's bytes to the cluster, until they close.
                     group.addTask {
                         var sent = 0
-                        while let chunk = try? await raw.read() {
+                        while true {
+                            let chunk: ByteBuffer?
+                            do { chunk = try await raw.read() } catch {
+                                core.logger.debug("upgrade client read failed", metadata: ["tunnel": "\(tunnel.id)", "error": "\(error)"])
+                                break
+                            }
+                            guard let chunk else { break }
                             sent += chunk.readableBytes
                             await streams.toAgent.send(.body(chunk))
                         }
+                        core.logger.debug("upgrade client side ended", metadata: ["tunnel": "\(tunnel.id)", "bytes": "\(sent)"])
                         await streams.toAgent.send(.end(error: nil))
                         streams.toAgent.finish()
                         return sent
@@ -85,6 +92,9 @@ extension AccessProxy {
                         }
                     }
                     await raw.close()
+                    // Nothing more is taken from the agent: its frames in flight are
+                    // dropped instead of holding the tunnel's RPC open forever.
+                    streams.fromAgent.finish()
                     streams.toAgent.finish()
                     return await group.next() ?? 0
                 }
@@ -102,6 +112,7 @@ extension AccessProxy {
                     }
                 }
                 try await exchange.end()
+                streams.fromAgent.finish()
                 streams.toAgent.finish()
             }
         } catch {

@@ -164,6 +164,7 @@ enum AccessProxy {
         } catch {
             await streams.toAgent.send(.end(error: "the client stopped sending the request body"))
             streams.toAgent.finish()
+            streams.fromAgent.finish()
             core.metrics.tunnelsOpen.decrement()
             throw error
         }
@@ -173,11 +174,13 @@ enum AccessProxy {
             head = try await frames.next()
         } catch {
             streams.toAgent.finish()
+            streams.fromAgent.finish()
             core.metrics.tunnelsOpen.decrement()
             throw TetherError(.unavailable, "the tunnel to cluster \(cluster) failed: \(error)")
         }
         guard case .response(let status, let headers)? = head else {
             streams.toAgent.finish()
+            streams.fromAgent.finish()
             core.metrics.tunnelsOpen.decrement()
             throw TetherError(.unavailable, "the agent of cluster \(cluster) ended the tunnel without an answer")
         }
@@ -224,6 +227,8 @@ enum AccessProxy {
             } else {
                 try? await writer.finish(nil)
             }
+            // Frames the agent still sends are dropped, never left holding its RPC.
+            streams.fromAgent.finish()
             streams.toAgent.finish()
             core.metrics.tunnelsOpen.decrement()
             let ms = Int((ContinuousClock.now - started).seconds * 1000)
