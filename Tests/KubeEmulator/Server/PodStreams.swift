@@ -166,30 +166,12 @@ extension APIHandler {
                     // kubectl offers WebSocket first and falls back to SPDY only when that is refused.
                     throw .badRequest("the emulator speaks WebSocket (v5.channel.k8s.io) for exec, not \(upgrade)")
                 }
-                let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { String($0).trimmingCharacters(in: .whitespaces) }
-                guard let key = head.headers.first(name: "sec-websocket-key"), offered.contains(WebSocketExec.v5) else {
-                    throw .badRequest("unable to upgrade connection: the WebSocket server supports only the \(WebSocketExec.v5) protocol, offered: \(offered)")
-                }
-                var headers = HTTPHeaders()
-                headers.add(name: "Upgrade", value: "websocket")
-                headers.add(name: "Connection", value: "Upgrade")
-                headers.add(name: "Sec-WebSocket-Accept", value: WebSocketFrames.accept(key: key))
-                headers.add(name: "Sec-WebSocket-Protocol", value: WebSocketExec.v5)
-                guard let raw = try? await exchange.switchProtocols(headers: headers) else { return }
+                guard let raw = try await Self.acceptWebSocket(head, exchange, subprotocol: WebSocketExec.v5) else { return }
                 await WebSocketExec(request: exec, raw: raw).run()
             case .portForward(let pod, let ports):
                 if upgrade.lowercased() == "websocket" {
                     // kubectl's first choice: SPDY tunneled in WebSocket (kube-apiserver 1.31+).
-                    let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { String($0).trimmingCharacters(in: .whitespaces) }
-                    guard let key = head.headers.first(name: "sec-websocket-key"), offered.contains(WebSocketByteStream.portForwardProtocol) else {
-                        throw .badRequest("unable to upgrade connection: supported protocols: [\(WebSocketByteStream.portForwardProtocol)], offered: \(offered)")
-                    }
-                    var headers = HTTPHeaders()
-                    headers.add(name: "Upgrade", value: "websocket")
-                    headers.add(name: "Connection", value: "Upgrade")
-                    headers.add(name: "Sec-WebSocket-Accept", value: WebSocketFrames.accept(key: key))
-                    headers.add(name: "Sec-WebSocket-Protocol", value: WebSocketByteStream.portForwardProtocol)
-                    guard let raw = try? await exchange.switchProtocols(headers: headers) else { return }
+                    guard let raw = try await Self.acceptWebSocket(head, exchange, subprotocol: WebSocketByteStream.portForwardProtocol) else { return }
                     await SPDYPortForward(connection: WebSocketByteStream(raw: raw), ports: ports, podName: pod).run()
                     return
                 }
@@ -212,6 +194,24 @@ extension APIHandler {
             try? await exchange.write(ByteBuffer(bytes: error.status.data()))
             try? await exchange.end()
         }
+    }
+}
+
+extension APIHandler {
+    /// The WebSocket handshake for `subprotocol` (the only one this endpoint
+    /// speaks, as kube-apiserver's): the 101 with the accept key, or a 400 when the
+    /// client did not offer it. Nil when the connection went away meanwhile.
+    static func acceptWebSocket(_ head: HTTPRequestHead, _ exchange: UpgradeExchange, subprotocol: String) async throws(EmulatorError) -> RawConnection? {
+        let offered = head.headers[canonicalForm: "sec-websocket-protocol"].map { String($0).trimmingCharacters(in: .whitespaces) }
+        guard let key = head.headers.first(name: "sec-websocket-key"), offered.contains(subprotocol) else {
+            throw .badRequest("unable to upgrade connection: supported protocols: [\(subprotocol)], offered: \(offered)")
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "Upgrade", value: "websocket")
+        headers.add(name: "Connection", value: "Upgrade")
+        headers.add(name: "Sec-WebSocket-Accept", value: WebSocketFrames.accept(key: key))
+        headers.add(name: "Sec-WebSocket-Protocol", value: subprotocol)
+        return try? await exchange.switchProtocols(headers: headers)
     }
 }
 

@@ -185,10 +185,7 @@ package final class KubeForwarder: TunnelForwarder {
             let sni = host.contains(":") || host.allSatisfy({ $0.isNumber || $0 == "." }) ? nil : host
             answer = try await UpgradeClient.send(head, host: host, port: port, tls: url.scheme == "http" ? nil : tls, serverHostname: sni)
         } catch {
-            if Task.isCancelled { throw CancellationError() }
-            try await emit(.head(status: 502, headers: [("Content-Type", "application/json")]))
-            try await emit(.body(ByteBuffer(string: KubeStatusBody.json(code: 502, reason: "BadGateway",
-                message: "the agent cannot reach this cluster's API server: \(error)"))))
+            try await Self.answerUnreachable(error, emit: emit)
             return
         }
         switch answer {
@@ -241,16 +238,21 @@ package final class KubeForwarder: TunnelForwarder {
         }
     }
 
+    /// The API server could not be reached: a 502 Status (or the cancellation, if that was it).
+    static func answerUnreachable(_ error: any Error, emit: @Sendable (TunnelEvent) async throws -> Void) async throws {
+        if Task.isCancelled { throw CancellationError() }
+        try await emit(.head(status: 502, headers: [("Content-Type", "application/json")]))
+        try await emit(.body(ByteBuffer(string: KubeStatusBody.json(code: 502, reason: "BadGateway",
+            message: "the agent cannot reach this cluster's API server: \(error)"))))
+    }
+
     private func send(_ outbound: HTTPClientRequest, emit: @Sendable (TunnelEvent) async throws -> Void) async throws {
         let response: HTTPClientResponse
         do {
             // No timeout: watches and log follows last as long as the person keeps them.
             response = try await http.execute(outbound, deadline: .distantFuture)
         } catch {
-            if Task.isCancelled { throw CancellationError() }
-            try await emit(.head(status: 502, headers: [("Content-Type", "application/json")]))
-            try await emit(.body(ByteBuffer(string: KubeStatusBody.json(code: 502, reason: "BadGateway",
-                message: "the agent cannot reach this cluster's API server: \(error)"))))
+            try await Self.answerUnreachable(error, emit: emit)
             return
         }
         let headers = response.headers.map { (name: $0.name, value: $0.value) }.filter { !TunnelHeaders.dropped.contains($0.name.lowercased()) }
