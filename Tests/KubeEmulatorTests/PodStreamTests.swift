@@ -10,13 +10,19 @@ import TestSupport
                             "spec": ["containers": [["name": "app", "image": "nginx:1.27", "ports": [["containerPort": 80]]],
                                                     ["name": "sidecar", "image": "envoy:1.31"]]]]
 
-    @Test func execOverWebSocketRunsTheBuiltInCommands() async throws {
+    /// An emulator with the pod `web`, and a kubeconfig for it in a fresh directory.
+    static func start() async throws -> (KubeEmulator, TemporaryDirectory, String) {
         let emulator = try await KubeEmulator.start()
         let dir = try TemporaryDirectory()
-        defer { dir.remove() }
         let kubeconfig = dir.sub("kubeconfig")
         try emulator.writeKubeconfig(to: kubeconfig)
         _ = try emulator.put(Self.pod)
+        return (emulator, dir, kubeconfig)
+    }
+
+    @Test func execOverWebSocketRunsTheBuiltInCommands() async throws {
+        let (emulator, dir, kubeconfig) = try await Self.start()
+        defer { dir.remove() }
         func kubectl(_ args: String...) async throws -> (status: Int32, stdout: String, stderr: String) {
             try await KubectlTests.run(kubeconfig, args)
         }
@@ -39,12 +45,8 @@ import TestSupport
     }
 
     @Test func logsFollowEndsWhenThePodGoes() async throws {
-        let emulator = try await KubeEmulator.start()
-        let dir = try TemporaryDirectory()
+        let (emulator, dir, kubeconfig) = try await Self.start()
         defer { dir.remove() }
-        let kubeconfig = dir.sub("kubeconfig")
-        try emulator.writeKubeconfig(to: kubeconfig)
-        _ = try emulator.put(Self.pod)
         for i in 1...5 { emulator.appendLog(namespace: "default", pod: "web", container: "app", "line \(i)") }
         let tail = try await KubectlTests.run(kubeconfig, ["logs", "web", "-c", "app", "--tail", "2"])
         #expect(tail.stdout == "line 4\nline 5\n", "\(tail.stderr)")
@@ -54,12 +56,8 @@ import TestSupport
     /// kubectl tries SPDY tunneled in WebSocket first; with the tunnel turned off it
     /// upgrades to SPDY/3.1 directly. Both reach the same streams.
     @Test(arguments: [true, false]) func portForwardReachesTheContainersPort(webSocket: Bool) async throws {
-        let emulator = try await KubeEmulator.start()
-        let dir = try TemporaryDirectory()
+        let (emulator, dir, kubeconfig) = try await Self.start()
         defer { dir.remove() }
-        let kubeconfig = dir.sub("kubeconfig")
-        try emulator.writeKubeconfig(to: kubeconfig)
-        _ = try emulator.put(Self.pod)
         let forward = try ChildProcess(try Tools.kubectl(), ["--kubeconfig", kubeconfig, "port-forward", "pod/web", ":80", ":81"],
                                        environment: ["HOME": dir.path, "KUBECTL_PORT_FORWARD_WEBSOCKETS": webSocket ? "true" : "false"])
         try await forward.waitForOutput(containing: "-> 81", timeout: .seconds(20))
