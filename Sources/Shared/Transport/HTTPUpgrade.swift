@@ -191,7 +191,7 @@ public final class RawConnection: Sendable {
 
     /// Writes and flushes; returns when the bytes are handed to the socket.
     public func write(_ bytes: ByteBuffer) async throws {
-        try await channel.eventLoop.flatSubmit { [relay] in relay.value.write(bytes) }.get()
+        try await channel.eventLoop.flatSubmit { [relay, channel] in relay.value.write(bytes, on: channel.eventLoop) }.get()
     }
 
     /// Closes the connection. Reads waiting end at once (with what arrived before),
@@ -288,13 +288,9 @@ final class RawRelayHandler: ChannelInboundHandler, RemovableChannelHandler {
         return promise.futureResult
     }
 
-    func write(_ bytes: ByteBuffer) -> EventLoopFuture<Void> {
-        guard let context else { return failedLoopFuture(ChannelError.ioOnClosedChannel) }
+    func write(_ bytes: ByteBuffer, on loop: any EventLoop) -> EventLoopFuture<Void> {
+        guard let context else { return loop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
         return context.writeAndFlush(wrapOutboundOut(bytes))
-    }
-
-    private func failedLoopFuture<T>(_ error: any Error) -> EventLoopFuture<T> {
-        MultiThreadedEventLoopGroup.singleton.any().makeFailedFuture(error)
     }
 }
 

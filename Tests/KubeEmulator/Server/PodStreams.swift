@@ -75,12 +75,12 @@ extension APIHandler {
     /// `GET pods/NAME/log`: the container from `container`, or the pod's only one.
     func podLog(_ r: APIRequest, namespace: String, name: String) throws(EmulatorError) -> APIResponse {
         let pod = try store.get(.pods, namespace, name)
-        let container = try Self.container(of: pod, name: name, asked: r.query["container"], verb: "logs")
+        let container = try Self.container(of: pod, name: name, asked: r.query["container"])
         let tail = r.query["tailLines"].flatMap { Int($0) }
         return logs.read(namespace: namespace, pod: name, container: container, tail: tail, follow: r.query["follow"] == "true")
     }
 
-    static func container(of pod: JSON, name: String, asked: String?, verb: String) throws(EmulatorError) -> String {
+    static func container(of pod: JSON, name: String, asked: String?) throws(EmulatorError) -> String {
         let containers = (pod[path: ["spec", "containers"]]?.arrayValue ?? []).compactMap { $0["name"]?.string }
         guard let asked, !asked.isEmpty else {
             if containers.count == 1 { return containers[0] }
@@ -110,7 +110,7 @@ extension APIHandler {
 
     /// Checks an upgrade request for `pods/NAME/exec` or `portforward` as the API
     /// server does before it upgrades; the error is the Status it answers with instead.
-    func connectRequest(_ r: APIRequest, upgrade: String) throws(EmulatorError) -> ConnectRequest {
+    func connectRequest(_ r: APIRequest) throws(EmulatorError) -> ConnectRequest {
         if r.authorization == nil { anonymous.withLock { $0.append(r.path) } }
         let user = try authenticate(r)
         let segments = r.path.split(separator: "/").map(String.init)
@@ -139,7 +139,7 @@ extension APIHandler {
         guard subresource == "exec" else {
             throw .badRequest("the emulator serves exec and portforward; \(subresource) is not emulated")
         }
-        let container = try Self.container(of: pod, name: name, asked: r.query["container"], verb: "exec")
+        let container = try Self.container(of: pod, name: name, asked: r.query["container"])
         let command = r.queryItems.filter { $0.0 == "command" }.map(\.1)
         guard !command.isEmpty else { throw .badRequest("you must specify at least one command for the container") }
         func flag(_ key: String) -> Bool { r.query[key] == "true" || r.query[key] == "1" }
@@ -160,7 +160,7 @@ extension APIHandler {
                                  body: Data())
         let upgrade = head.headers.upgradeProtocol ?? ""
         do throws(EmulatorError) {
-            switch try connectRequest(request, upgrade: upgrade) {
+            switch try connectRequest(request) {
             case .exec(let exec):
                 guard upgrade.lowercased() == "websocket" else {
                     // kubectl offers WebSocket first and falls back to SPDY only when that is refused.
