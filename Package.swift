@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-async-algorithms", from: "1.1.4"),
+        .package(url: "https://github.com/vapor/jwt-kit", from: "5.7.1"),
     ],
     targets: [
         .target(
@@ -84,6 +85,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                // ID tokens of the company's identity provider (sign-in).
+                .product(name: "JWTKit", package: "jwt-kit"),
             ],
             path: "Sources/Hub/TetherHub"
         ),
@@ -179,7 +182,8 @@ let package = Package(
         ),
         .testTarget(
             name: "TetherTests",
-            dependencies: ["Shared", "HubStore", "TetherHub", "TetherAgent", "TestSupport", "KubeEmulator"],
+            dependencies: ["Shared", "HubStore", "TetherHub", "TetherAgent", "TestSupport", "KubeEmulator",
+                           .product(name: "JWTKit", package: "jwt-kit")],
             path: "Tests/TetherTests"
         ),
     ]

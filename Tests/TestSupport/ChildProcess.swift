@@ -56,7 +56,12 @@ public final class ChildProcess: Sendable {
         return path
     }
 
-    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+    /// The write end of the child's standard input (`interactive` children only).
+    private let input: FileHandle?
+
+    /// `interactive`: the child reads a pipe the test writes with `send` (a prompt
+    /// answered); otherwise its standard input is empty.
+    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], interactive: Bool = false) throws {
         process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -68,7 +73,14 @@ public final class ChildProcess: Sendable {
         captured = try OutputFile(URL(fileURLWithPath: executable).lastPathComponent)
         process.standardOutput = captured.handle
         process.standardError = captured.handle
-        process.standardInput = FileHandle.nullDevice
+        if interactive {
+            let pipe = Pipe()
+            process.standardInput = pipe
+            input = pipe.fileHandleForWriting
+        } else {
+            process.standardInput = FileHandle.nullDevice
+            input = nil
+        }
         let exit = self.exit
         process.terminationHandler = { p in exit.set(p.terminationStatus) }
         defer { captured.closeWriter() }
@@ -83,6 +95,15 @@ public final class ChildProcess: Sendable {
     }
 
     public func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+    /// Writes to the child's standard input (an `interactive` child).
+    public func send(_ text: String) throws {
+        guard let input else { throw TimedOut(what: "an interactive child (started without interactive: true)", after: .zero) }
+        try input.write(contentsOf: Data(text.utf8))
+    }
+
+    /// Ends the child's standard input.
+    public func closeInput() { try? input?.close() }
 
     public func waitForExit() async -> Int32 { await exit.value }
 

@@ -20,6 +20,18 @@ public enum Tools {
         throw NotFound(what: "kubectl is not on PATH nor in \(venv): run scripts/install-deps --tests, or install kubectl and put it on PATH")
     }
 
+    /// The test virtualenv's Python with the sign-in tests' OpenID Connect provider
+    /// (`scripts/install-deps --tests` installs it from Tests/oidc/requirements.txt).
+    public static func oidcProvider() throws -> (python: String, script: String) {
+        let root = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
+        let python = root.appendingPathComponent(".build-venv/bin/python").path
+        let marker = root.appendingPathComponent(".build-venv/bin/oidc-provider-mock").path
+        guard FileManager.default.isExecutableFile(atPath: python), FileManager.default.fileExists(atPath: marker) else {
+            throw NotFound(what: "oidc-provider-mock is not installed in \(root.path)/.build-venv: run scripts/install-deps --tests")
+        }
+        return (python, root.appendingPathComponent("Tests/oidc/provider.py").path)
+    }
+
     /// A program the tests need is missing.
     public struct NotFound: Error, CustomStringConvertible {
         public let what: String

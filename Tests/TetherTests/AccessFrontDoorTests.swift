@@ -97,7 +97,7 @@ import Yams
             """.write(toFile: path, atomically: true, encoding: .utf8)
         let file = SessionFile(hub: "https://hub.example:7443", user: "alice", credential: "tether-session.v1.x.y",
                                expiresAt: Date().addingTimeInterval(3600), caCertificate: "PEM")
-        let fresh = Kubeconfig.document(for: file, clusters: ["prod-eu", "old"])
+        let fresh = Kubeconfig.document(for: file, clusters: ["prod-eu", "old"], plugin: .init(command: "/usr/bin/tether-hub", arguments: ["credential", "--hub", file.hub]))
         let merged = try Kubeconfig.merge(fresh, into: path)
         try Kubeconfig.write(merged, to: path)
         let back = try #require(try Yams.load(yaml: String(contentsOfFile: path, encoding: .utf8)) as? [String: Any])

@@ -85,7 +85,7 @@ import Testing
         var progress: [String] = []
         let summary = try HubBackup.create(dataDir: dir.sub("hub"), to: dir.sub("backup.tar")) { progress.append($0) }
         try await writer.value
-        #expect(summary.files == 8 && summary.databaseBytes > 0)
+        #expect(summary.files == 9 && summary.databaseBytes > 0)
         #expect(progress.contains { $0.contains("snapshotting") })
         let mode = try FileManager.default.attributesOfItem(atPath: dir.sub("backup.tar"))[.posixPermissions] as? Int
         #expect(mode == 0o600, "the archive holds the CA key")
@@ -93,11 +93,11 @@ import Testing
         try await hub.stop()
 
         _ = try HubBackup.restore(from: dir.sub("backup.tar"), dataDir: dir.sub("restored")) { _ in }
-        for (name, expected) in [("ca.key", 0o600), ("hub.key", 0o600), ("session.key", 0o600), ("hub.db", 0o600), ("ca.crt", 0o644)] {
+        for (name, expected) in [("ca.key", 0o600), ("hub.key", 0o600), ("session.key", 0o600), ("otp.key", 0o600), ("hub.db", 0o600), ("ca.crt", 0o644)] {
             #expect(try FileManager.default.attributesOfItem(atPath: dir.sub("restored/\(name)"))[.posixPermissions] as? Int == expected, "\(name)")
         }
         #expect(try FileManager.default.attributesOfItem(atPath: dir.sub("restored"))[.posixPermissions] as? Int == 0o700)
-        for key in ["ca.key", "session.key"] {
+        for key in ["ca.key", "session.key", "otp.key"] {
             #expect(try Data(contentsOf: URL(fileURLWithPath: dir.sub("restored/\(key)"))) == Data(contentsOf: URL(fileURLWithPath: dir.sub("hub/\(key)"))), "\(key)")
         }
         let restored = try await TestHub.start(dataDir: dir.sub("restored"), listenPort: hub.agentPort)

@@ -35,7 +35,8 @@ final class TestHub: Sendable {
         certificateLifetime: Duration = .seconds(3600),
         heartbeatInterval: Duration = .seconds(10),
         clock: HubClock = HubClock(),
-        connectionLimits: ConnectionLimits = .defaults
+        connectionLimits: ConnectionLimits = .defaults,
+        oidc: OIDCSettings? = nil
     ) async throws -> TestHub {
         var config = HubConfiguration()
         config.dataDirectory = dataDir
@@ -46,6 +47,7 @@ final class TestHub: Sendable {
         config.certificateLifetime = certificateLifetime
         config.heartbeatInterval = heartbeatInterval
         config.connectionLimits = connectionLimits
+        config.oidc = oidc
         let server = try HubServer(configuration: config, clock: clock, logger: testLogger)
         let task = Task { try await server.run() }
         let agent = await server.agentAddress

@@ -135,7 +135,7 @@ import Testing
             _ = try await TestHub.start(dataDir: dir.path)
             Issue.record("a hub started with a damaged session key")
         } catch let error as TetherError {
-            #expect(error.message.contains("session.key is not a session key"))
+            #expect(error.message.contains("session.key is not a session signing key"))
         }
         #expect(try String(contentsOfFile: dir.sub("session.key"), encoding: .utf8) == "not a key\n")
     }

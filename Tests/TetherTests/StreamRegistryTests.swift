@@ -141,7 +141,7 @@ import Testing
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         // Long enough to enroll and open the stream on a loaded 2-core machine.
-        let hub = try await TestHub.start(dataDir: dir.sub("hub"), certificateLifetime: .seconds(6))
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"), certificateLifetime: .seconds(10))
         let identity = try await Enroller(logger: testLogger).enroll(with: try hub.join("prod-eu"))
         let notAfter = try identity.notValidAfter
         let call = AuditCall()
@@ -153,7 +153,10 @@ import Testing
         }
         let ended = try #require(call.endedAtDate.value)
         #expect(ended >= notAfter.addingTimeInterval(-0.2), "not before expiry: ended \(ended), expiry \(notAfter)")
-        #expect(ended <= notAfter.addingTimeInterval(1), "within 1 s of expiry: ended \(ended), expiry \(notAfter)")
+        // The hub cuts at expiry; what the client sees adds the status's trip back
+        // through gRPC, which with the whole suite beside it (Python sign-in
+        // providers, kubectl processes) took a little over 1 s now and then.
+        #expect(ended <= notAfter.addingTimeInterval(2), "within 2 s of expiry: ended \(ended), expiry \(notAfter)")
         #expect(call.error.value?.code == .unauthenticated)
         #expect(call.error.value.map { TetherError(fromHub: $0).code } == .certificateExpired)
         try await hub.stop()
@@ -178,15 +181,16 @@ import Testing
     @Test func anAgentsAuditStreamOutlivesItsFirstCertificateWhenTheLinkRenewsIt() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        // 8 s certificates: short enough to renew twice in the test, long enough that a
-        // renewal on a loaded 2-core machine (the whole suite runs beside it) lands
-        // before the certificate it replaces runs out (5 s did not, now and then).
-        let hub = try await TestHub.start(dataDir: dir.sub("hub"), certificateLifetime: .seconds(8), heartbeatInterval: .seconds(1))
+        // 12 s certificates: short enough to renew twice in the test, long enough that a
+        // renewal on a loaded 2-core machine (the whole suite runs beside it, sign-in
+        // tests with their Python provider among it) lands before the certificate it
+        // replaces runs out (5 s and 8 s did not, now and then).
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"), certificateLifetime: .seconds(12), heartbeatInterval: .seconds(1))
         let agent = try await TestAgent.start(stateDir: dir.sub("agent"), join: try hub.join("prod-eu"), audit: true)
         try await agent.waitUntilConnected()
         let first = try #require(try FileIdentityStore(directory: agent.stateDir).load()).notValidAfter
         // Renewed on the link past the first certificate's end.
-        try await eventually(timeout: .seconds(60), "renewed past the first certificate") {
+        try await eventually(timeout: .seconds(90), "renewed past the first certificate") {
             agent.link.status.value.renewals >= 2 && Date() > first.addingTimeInterval(1)
         }
         let webhook = try await AuditTests.Webhook(agent: agent)

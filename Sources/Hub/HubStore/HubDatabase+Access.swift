@@ -104,6 +104,18 @@ extension HubDatabase {
         }
     }
 
+    /// Gives a person's live sessions made by `method…` sign-ins the groups of their
+    /// latest one (the identity provider's word is the newest); returns how many changed.
+    package func updateSessionGroups(user: String, groups: [String], methodPrefix: String, now: Date) async throws -> Int {
+        try await writer.write { db in
+            try db.execute(sql: """
+                UPDATE sessions SET groups = ? WHERE user = ? AND method LIKE ? AND revokedAt IS NULL AND expiresAt > ? AND groups != ?
+                """, arguments: [String(decoding: try JSONEncoder.sorted.encode(groups), as: UTF8.self), user, methodPrefix + "%", now,
+                                 String(decoding: try JSONEncoder.sorted.encode(groups), as: UTF8.self)])
+            return db.changesCount
+        }
+    }
+
     static func session(_ row: Row) throws -> SessionRecord {
         SessionRecord(id: row["id"], user: row["user"], groups: try JSONDecoder().decode([String].self, from: Data((row["groups"] as String).utf8)),
                       method: row["method"], issuedBy: row["issuedBy"], createdAt: row["createdAt"], expiresAt: row["expiresAt"],

@@ -112,6 +112,7 @@ package final class HubDatabase: Sendable {
             }
         }
         registerAccessMigrations(&m)
+        registerPeopleMigrations(&m)
         return m
     }
 

@@ -65,6 +65,7 @@ enum AccessProxy {
             let session = try await authenticate(request, core: core)
             return try AdminServer.json(try await reachableClusters(for: session, core: core))
         }
+        addSignInRoutes(to: router, core: core)
         for method in methods {
             for path: RouterPath in ["/clusters/:cluster/**", "/clusters/:cluster"] {
                 router.on(path, method: method) { request, context -> Response in
@@ -83,14 +84,18 @@ enum AccessProxy {
         return router
     }
 
-    /// The live session the request's bearer token names.
+    /// The live session the request's bearer token names, or (for the hub's own
+    /// pages and `/tether/v1/…`, never for cluster paths) its session cookie.
     static func authenticate(_ request: Request, core: HubCore) async throws -> SessionRecord {
-        try await authenticate(authorization: request.headers[.authorization], core: core)
+        if request.headers[.authorization] == nil, let cookie = request.cookies[sessionCookie]?.value, !cookie.isEmpty {
+            return try await core.authenticate(credential: cookie)
+        }
+        return try await authenticate(authorization: request.headers[.authorization], core: core)
     }
 
     static func authenticate(authorization header: String?, core: HubCore) async throws -> SessionRecord {
         guard let header, header.hasPrefix("Bearer ") else {
-            throw TetherError(.unauthenticated, "no session credential; run tether-hub kubeconfig (or log in) for a kubeconfig with one")
+            throw TetherError(.unauthenticated, "no session credential; log in (tether-hub login --hub URL), then run tether-hub kubeconfig")
         }
         return try await core.authenticate(credential: String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces))
     }

@@ -183,6 +183,9 @@ extension HubCore {
     func createSession(user: String, groups: [String], ttl: Duration?, method: String = "operator",
                        by caller: Caller = .operator) async throws -> (session: SessionRecord, credential: String, cappedBy: String?) {
         try Self.validatePerson(user, groups: groups)
+        if try await database.person(user)?.disabledAt != nil {
+            throw TetherError(.permissionDenied, "\(user) is disabled at this hub; enable them first (tether-hub user enable \(user))")
+        }
         let groups = Array(Set(groups)).sorted()
         let asked = ttl ?? HubSettings.defaultSessionTTL
         guard asked >= .seconds(60), asked <= HubSettings.maxSessionTTL else {

@@ -36,6 +36,10 @@ extension AdminServer {
         var roles: [String]
     }
 
+    struct PersonChanged: Codable {
+        var name: String
+    }
+
     static func addAccessRoutes(to v1: RouterGroup<BasicRequestContext>, core: HubCore) {
         v1.post("access/roles") { request, context -> Response in
             let body = try await request.decode(as: ApplyRequest.self, context: context)
@@ -88,6 +92,23 @@ extension AdminServer {
         v1.post("sessions/revoke") { request, context -> Response in
             let body = try await request.decode(as: RevokeSessionsRequest.self, context: context)
             return try json(try await core.revokeSessions(user: body.user).map(SessionView.init))
+        }
+        // People who signed in through the identity provider.
+        v1.get("people") { _, _ -> Response in
+            try json(try await core.personViews())
+        }
+        v1.post("people/:name/disable") { _, context -> Response in
+            try json(try await core.disablePerson(context.parameters.require("name")).map(SessionView.init))
+        }
+        v1.post("people/:name/enable") { _, context -> Response in
+            let name = try context.parameters.require("name")
+            try await core.enablePerson(name)
+            return try json(PersonChanged(name: name))
+        }
+        v1.post("people/:name/reset-otp") { _, context -> Response in
+            let name = try context.parameters.require("name")
+            try await core.resetSecondFactor(name)
+            return try json(PersonChanged(name: name))
         }
     }
 }

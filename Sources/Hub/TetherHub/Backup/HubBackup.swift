@@ -16,6 +16,8 @@ enum HubBackup {
         ("admin-credentials.json", 0o600, false),
         // Not required: backups made before sessions existed have none.
         ("session.key", 0o600, false),
+        // Without it the second-factor secrets in hub.db cannot be read.
+        ("otp.key", 0o600, false),
     ]
 
     struct Manifest: Codable {

@@ -42,31 +42,7 @@ struct SessionFile: Codable, Sendable {
 
     /// GETs a `/tether/v1/…` path of the access listener with the session.
     func get<Response: Decodable>(_ path: String, as: Response.Type = Response.self) async throws -> Response {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        tls.minimumTLSVersion = .tlsv12
-        if let caCertificate { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMBytes(Array(caCertificate.utf8))) }
-        let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
-        do {
-            var request = HTTPClientRequest(url: hub + path)
-            request.headers.add(name: "Authorization", value: "Bearer \(credential)")
-            let response: HTTPClientResponse
-            do {
-                response = try await client.execute(request, timeout: .seconds(30))
-            } catch {
-                throw TetherError(.unavailable, "cannot reach the hub's access listener at \(hub): \(error)")
-            }
-            let data = Data(buffer: try await response.body.collect(upTo: 16 << 20))
-            guard response.status.code == 200 else {
-                let message = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["message"] as? String
-                throw TetherError(response.status.code == 401 ? .unauthenticated : .unavailable,
-                                  "the hub refused (\(response.status.code)): \(message ?? String(decoding: data.prefix(500), as: UTF8.self))")
-            }
-            try await client.shutdown()
-            return try JSONDecoder.tether.decode(Response.self, from: data)
-        } catch {
-            try? await client.shutdown()
-            throw error
-        }
+        try await AccessClient(hub: hub, caCertificate: caCertificate).call(.GET, path, bearer: credential)
     }
 }
 
@@ -77,13 +53,13 @@ struct KubeconfigCommand: AsyncParsableCommand {
         abstract: "Write a kubeconfig with a context for every cluster your session can reach through the hub.",
         discussion: """
             Each context is named tether-CLUSTER; its server is the hub's access listener \
-            (https://HUB:7443/clusters/CLUSTER) with the hub's CA embedded, and its user is \
-            your session. Without --output or --merge the kubeconfig goes to stdout. The \
-            file holds your session credential: it is written 0600.
+            (https://HUB:7443/clusters/CLUSTER) with the hub's CA embedded, and its user runs \
+            `tether-hub credential` (kubectl's exec credential plugin) for your session, so \
+            the file holds no secret and an ended session tells you to log in again. \
+            Without --output or --merge the kubeconfig goes to stdout.
             """)
 
-    @Option(help: ArgumentHelp("Session file (default ~/.config/tether/session.json, env TETHER_SESSION_FILE).", valueName: "path"))
-    var session: String?
+    @OptionGroup var sessionOptions: SessionOptions
     @Option(name: .shortAndLong, help: ArgumentHelp("Write the kubeconfig to this file (replacing it).", valueName: "path"))
     var output: String?
     @Flag(help: "Add the contexts to ~/.kube/config (or $KUBECONFIG's first file), replacing only tether-* entries.")
@@ -96,11 +72,7 @@ struct KubeconfigCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let path = session ?? ProcessInfo.processInfo.environment["TETHER_SESSION_FILE"] ?? SessionFile.defaultPath
-        let file = try SessionFile.read(path)
-        if file.expiresAt <= Date() {
-            throw TetherError(.unauthenticated, "the session in \(path) expired at \(Table.date(file.expiresAt)); get a new one (log in, or ask an operator)")
-        }
+        let (file, path, explicit) = try sessionOptions.live()
         var clusters: [AccessProxy.ReachableCluster] = try await file.get("/tether/v1/clusters")
         if !cluster.isEmpty {
             for name in cluster where !clusters.contains(where: { $0.name == name }) {
@@ -109,7 +81,8 @@ struct KubeconfigCommand: AsyncParsableCommand {
             clusters = clusters.filter { cluster.contains($0.name) }
         }
         if clusters.isEmpty { FileHandle.standardError.write(Data("no AccessRole gives \(file.user) any cluster yet\n".utf8)) }
-        let fresh = Kubeconfig.document(for: file, clusters: clusters.map(\.name))
+        let plugin = Kubeconfig.Plugin(command: Kubeconfig.executable, arguments: ["credential"] + (explicit ? ["--session", path] : ["--hub", file.hub]))
+        let fresh = Kubeconfig.document(for: file, clusters: clusters.map(\.name), plugin: plugin)
         if merge {
             let target = Kubeconfig.defaultPath
             let merged = try Kubeconfig.merge(fresh, into: target)
@@ -139,7 +112,18 @@ enum Kubeconfig {
         return "tether-\(host)-\(file.user)"
     }
 
-    static func document(for file: SessionFile, clusters: [String]) -> [String: Any] {
+    /// How kubectl gets the credential: `tether-hub credential …` as an exec plugin.
+    struct Plugin {
+        var command: String
+        var arguments: [String]
+    }
+
+    /// This program's own path, so the plugin runs whether or not it is on PATH.
+    static var executable: String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    static func document(for file: SessionFile, clusters: [String], plugin: Plugin) -> [String: Any] {
         let user = userName(file)
         var clusterEntry: [String: Any] = [:]
         if let ca = file.caCertificate { clusterEntry["certificate-authority-data"] = Data(ca.utf8).base64EncodedString() }
@@ -152,7 +136,11 @@ enum Kubeconfig {
                 return ["name": "tether-\(name)", "cluster": entry]
             },
             "contexts": clusters.map { ["name": "tether-\($0)", "context": ["cluster": "tether-\($0)", "user": user]] },
-            "users": [["name": user, "user": ["token": file.credential]]],
+            "users": [["name": user, "user": ["exec": [
+                "apiVersion": "client.authentication.k8s.io/v1", "command": plugin.command, "args": plugin.arguments,
+                "interactiveMode": "Never", "provideClusterInfo": false,
+                "installHint": "tether-hub is the Tether CLI; get it from your platform team, then run: tether-hub login --hub \(file.hub)",
+            ] as [String: Any]]]],
         ]
     }
 

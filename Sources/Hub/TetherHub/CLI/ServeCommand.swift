@@ -17,6 +17,12 @@ struct ServeCommand: AsyncParsableCommand {
             an flock on DIR/hub.lock); the hub refuses to start when its keys or \
             credential file can be read by group or others, or when the dir belongs \
             to another user. SIGTERM closes agent channels and exits 0.
+
+            Sign-in: with --oidc-issuer and --oidc-client-id people run \
+            `tether-hub login --hub https://HUB:7443`; the provider's redirect URIs must \
+            allow http://127.0.0.1 on any port (the CLI) and https://HUB:7443/callback \
+            (the browser). A second factor (TOTP, enrolled at first sign-in) is asked \
+            after the provider, unless --oidc-trust-amr and the provider reports one.
             """)
 
     @Option(help: ArgumentHelp("Directory for the CA, keys, database and credentials.", valueName: "dir"))
@@ -51,6 +57,30 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Keep audit events this long; older ones are pruned hourly.", valueName: "duration"))
     var auditRetention = "90d"
 
+    @Option(help: ArgumentHelp(
+        "Sign people in with this OpenID Connect provider (https; its /.well-known/openid-configuration is read). Needs --oidc-client-id.",
+        valueName: "url"))
+    var oidcIssuer: String?
+
+    @Option(help: ArgumentHelp("The hub's client id at the provider (the ID tokens' audience).", valueName: "id"))
+    var oidcClientId: String?
+
+    @Option(help: ArgumentHelp("File holding the client secret (a confidential client); without it the hub is a public client using PKCE alone.",
+                               valueName: "path"))
+    var oidcClientSecretFile: String?
+
+    @Option(help: ArgumentHelp("ID token claim that names the person at the hub.", valueName: "claim"))
+    var oidcUsernameClaim = "email"
+
+    @Option(help: ArgumentHelp("ID token claim with the person's groups (feeds AccessRoles' Group subjects).", valueName: "claim"))
+    var oidcGroupsClaim = "groups"
+
+    @Option(help: ArgumentHelp("Another scope to ask for (repeatable), e.g. one that makes the provider send groups.", valueName: "scope"))
+    var oidcExtraScope: [String] = []
+
+    @Flag(help: "Accept a second factor the provider reports in the ID token's amr claim (mfa, otp, hwk, ...) instead of asking for the hub's TOTP code.")
+    var oidcTrustAmr = false
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -78,6 +108,28 @@ struct ServeCommand: AsyncParsableCommand {
         config.certificateLifetime = try DurationParser.parse(certificateLifetime)
         config.heartbeatInterval = try DurationParser.parse(heartbeatInterval)
         config.auditRetention = try DurationParser.parse(auditRetention)
+        if let issuer = oidcIssuer {
+            guard let clientID = oidcClientId else { throw ValidationError("--oidc-issuer needs --oidc-client-id") }
+            var oidc = OIDCSettings(issuer: issuer, clientID: clientID)
+            if let path = oidcClientSecretFile {
+                guard let secret = try? String(contentsOfFile: path, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), !secret.isEmpty else {
+                    throw ValidationError("--oidc-client-secret-file \(path) cannot be read or is empty")
+                }
+                oidc.clientSecret = secret
+            }
+            oidc.usernameClaim = oidcUsernameClaim
+            oidc.groupsClaim = oidcGroupsClaim
+            oidc.extraScopes = oidcExtraScope
+            oidc.trustAMR = oidcTrustAmr
+            do {
+                _ = try OIDCProvider(settings: oidc, logger: Logger(label: "tether.hub"))
+            } catch let error as TetherError {
+                throw ValidationError(error.message)
+            }
+            config.oidc = oidc
+        } else if oidcClientId != nil || oidcClientSecretFile != nil || oidcTrustAmr {
+            throw ValidationError("--oidc-client-id, --oidc-client-secret-file and --oidc-trust-amr need --oidc-issuer")
+        }
         guard config.certificateLifetime >= .seconds(2) else {
             throw ValidationError("--certificate-lifetime must be at least 2s")
         }

@@ -15,7 +15,8 @@ package struct TetherHubCommand: AsyncParsableCommand {
             (default ./tether-data/admin-credentials.json).
             """,
         version: TetherVersion.current,
-        subcommands: [ServeCommand.self, ClusterCommand.self, TokenCommand.self, PolicyCommand.self, AccessCommand.self, SessionCommand.self, KubeconfigCommand.self, AuditCommand.self, BackupCommand.self, RestoreCommand.self]
+        subcommands: [ServeCommand.self, ClusterCommand.self, TokenCommand.self, PolicyCommand.self, AccessCommand.self, SessionCommand.self, UserCommand.self,
+                      LoginCommand.self, LogoutCommand.self, WhoAmICommand.self, KubeconfigCommand.self, CredentialCommand.self, AuditCommand.self, BackupCommand.self, RestoreCommand.self]
     )
 }
 

@@ -16,6 +16,9 @@ struct DataDirectory {
     let servingKeyPEM: String
     /// Signs people's session credentials (`session.key`, 32 random bytes, 0600).
     let sessionKey: SymmetricKey
+    /// Encrypts second-factor secrets at rest in the database (`otp.key`, 0600): a
+    /// copy of hub.db alone does not give anyone's authenticator codes.
+    let otpKey: SymmetricKey
 
     var databasePath: String { path + "/hub.db" }
     var credentialsPath: String { path + "/admin-credentials.json" }
@@ -85,27 +88,29 @@ struct DataDirectory {
             logger.info("issued hub serving certificate", metadata: ["names": "\(advertise.joined(separator: ","))"])
         }
         return DataDirectory(path: path, ca: ca, servingCertificate: serving!, servingKeyPEM: servingKeyPEM!,
-                             sessionKey: try loadSessionKey(path + "/session.key", logger: logger))
+                             sessionKey: try loadKey(path + "/session.key", what: "session signing key", losing: "end every session", logger: logger),
+                             otpKey: try loadKey(path + "/otp.key", what: "second-factor encryption key",
+                                                 losing: "make every person enroll their authenticator again", logger: logger))
     }
 
-    /// Reads the session signing key, making it on first start. A key file that is
-    /// there but damaged is refused: a new key would end every session without a word.
-    static func loadSessionKey(_ path: String, logger: Logger) throws -> SymmetricKey {
+    /// Reads a 32-byte key, making it on first start. A key file that is there but
+    /// damaged is refused: a new key would silently `losing` (what the message says).
+    static func loadKey(_ path: String, what: String, losing: String, logger: Logger) throws -> SymmetricKey {
         if let text = try? String(contentsOfFile: path, encoding: .utf8) {
             guard let bytes = Base64URL.decode(text.trimmingCharacters(in: .whitespacesAndNewlines)), bytes.count == 32 else {
-                throw TetherError(.storage, "\(path) is not a session key (32 bytes, base64url); restore it from a backup, or delete it to end every session")
+                throw TetherError(.storage, "\(path) is not a \(what) (32 bytes, base64url); restore it from a backup, or delete it to \(losing)")
             }
             return SymmetricKey(data: bytes)
         }
         let key = SymmetricKey(size: .bits256)
         try writeSecret(Base64URL.encode(key.withUnsafeBytes { Array($0) }) + "\n", to: path)
-        logger.info("created session signing key", metadata: ["path": "\(path)"])
+        logger.info("created \(what)", metadata: ["path": "\(path)"])
         return key
     }
 
     /// The files that hold secrets: the CA's and the hub's private keys and the
     /// operator's bearer token.
-    static let secretFiles = ["ca.key", "hub.key", "admin-credentials.json", "session.key"]
+    static let secretFiles = ["ca.key", "hub.key", "admin-credentials.json", "session.key", "otp.key"]
 
     /// Refuses a data dir that belongs to another user: this process would either
     /// fail half-way through writing to it, or (as root) leave files its real owner

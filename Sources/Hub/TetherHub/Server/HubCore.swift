@@ -47,11 +47,20 @@ final class HubCore: Sendable {
 
     /// Signs and checks people's session credentials (`SessionCredential`).
     let sessionKey: SymmetricKey
+    /// Seals second-factor secrets in the database (`otp.key`).
+    let otpKey: SymmetricKey
+    /// The company's identity provider (nil: no `--oidc-issuer`; sessions come
+    /// from operators only).
+    let oidc: OIDCProvider?
+    /// Sign-ins in progress.
+    let signIns = SignInTable()
 
     init(database: HubDatabase, ca: CertificateAuthority, settings: HubSettings, clock: HubClock, metrics: HubMetrics, logger: Logger,
-         sessionKey: SymmetricKey = SymmetricKey(size: .bits256)) {
+         sessionKey: SymmetricKey = SymmetricKey(size: .bits256), otpKey: SymmetricKey = SymmetricKey(size: .bits256), oidc: OIDCProvider? = nil) {
         self.database = database
         self.sessionKey = sessionKey
+        self.otpKey = otpKey
+        self.oidc = oidc
         self.ca = ca
         self.settings = settings
         self.clock = clock

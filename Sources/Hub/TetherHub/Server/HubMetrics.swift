@@ -44,6 +44,13 @@ final class HubMetrics: Sendable {
             labels: [("cluster", cluster), ("code", "\(code)")]).increment()
     }
 
+    /// A sign-in step's outcome: ok, refused (by the provider or the hub), wrong-code, locked.
+    func signIns(outcome: String) {
+        registry.makeCounter(
+            descriptor: .init(metricName: "tether_sign_ins_total", helpText: "Sign-ins through the identity provider, by outcome."),
+            labels: [("outcome", outcome)]).increment()
+    }
+
     /// A listener's connection guard, its refusals counted here.
     func connectionGuard(listener: String, limits: ConnectionLimits, logger: Logger) -> ConnectionGuard {
         .counted(listener: listener, limits: limits, registry: registry, logger: logger)

@@ -19,6 +19,8 @@ struct HubConfiguration: Sendable {
     /// A certificate and key (PEM) the access listener serves instead of the hub's own.
     var accessTLSCertificate: String?
     var accessTLSKey: String?
+    /// Sign-in through the company's identity provider (nil: none).
+    var oidc: OIDCSettings?
     /// How often agents are told the live sessions (they delete other sessions' accounts).
     var sessionSweepInterval: Duration = .seconds(60)
     /// How often each connected cluster's API server is probed through its agent.
@@ -64,7 +66,8 @@ final class HubServer: Sendable {
             heartbeatInterval: configuration.heartbeatInterval,
             joinHost: configuration.advertise[0])
         let core = HubCore(database: database, ca: directory.ca, settings: settings, clock: clock, metrics: HubMetrics(), logger: logger,
-                           sessionKey: directory.sessionKey)
+                           sessionKey: directory.sessionKey, otpKey: directory.otpKey,
+                           oidc: try configuration.oidc.map { try OIDCProvider(settings: $0, logger: logger) })
         self.core = core
         self.directory = directory
 
