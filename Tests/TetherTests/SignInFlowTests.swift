@@ -217,6 +217,16 @@ import Testing
         } catch let error as TetherError {
             #expect(error.code == .unauthenticated && error.message.contains("already finished"), "\(error.message)")
         }
+        // The same code under a sign-in of its own: the provider refuses a used code.
+        let other: AccessProxy.BeginAnswer = try await fixture.client.call(
+            .POST, "/tether/v1/login", json: AccessProxy.BeginRequest(redirectURI: "http://127.0.0.1:9/callback"))
+        do {
+            let _: AccessProxy.CallbackAnswer = try await fixture.client.call(
+                .POST, "/tether/v1/login/callback", json: AccessProxy.CallbackRequest(state: other.state, code: first.code))
+            Issue.record("a used authorization code was accepted")
+        } catch let error as TetherError {
+            #expect(error.code == .unauthenticated && error.message.contains("refused the sign-in code"), "\(error.message)")
+        }
         // Five wrong codes lock her out for 15 minutes, audited; the right code then fails too.
         let ticket = try #require(first.answer.ticket)
         let totp = try Self.secret(of: try #require(first.answer.enrollment))
@@ -260,6 +270,14 @@ import Testing
         let listed = try await fixture.cli(["user", "list", "--output", "json"] + credentials)
         let people = try JSONDecoder.tether.decode([PersonView].self, from: Data(listed.stdout.utf8))
         #expect(people.first { $0.name == "carol@example.com" }?.disabled == true)
+
+        // Enabled again after a lost phone: reset-otp makes her enroll a new authenticator.
+        #expect(try await fixture.cli(["user", "enable", "carol@example.com"] + credentials).status == 0)
+        let reset = try await fixture.cli(["user", "reset-otp", "carol@example.com"] + credentials)
+        #expect(reset.status == 0 && reset.stdout.contains("second factor reset"), "\(reset.stderr)")
+        let fresh = try await fixture.signIn("carol")
+        #expect(fresh.answer.enrollment != nil, "a reset person enrolls again")
+        #expect(try await fixture.hub.core.personViews().first { $0.name == "carol@example.com" }?.secondFactor == false)
         try await fixture.stop()
     }
 
@@ -349,11 +367,47 @@ import Testing
             var viaCookie = HTTPClientRequest(url: fixture.endpoint.url + "/clusters/prod-eu/api/v1/namespaces")
             viaCookie.headers.add(name: "Cookie", value: String(sessionCookie.prefix { $0 != ";" }))
             #expect(try await browser.execute(viaCookie, timeout: .seconds(10)).status == .unauthorized)
+            // Sign out: only with the page's CSRF token; then the session is over.
+            let csrf = try #require(signedIn.components(separatedBy: "name=\"csrf\" value=\"").dropFirst().first?.prefix { $0 != "\"" })
+            func logout(_ token: String) async throws -> HTTPClientResponse {
+                var request = HTTPClientRequest(url: fixture.endpoint.url + "/logout")
+                request.method = .POST
+                request.headers.add(name: "Cookie", value: String(sessionCookie.prefix { $0 != ";" }))
+                request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+                request.body = .bytes(ByteBuffer(string: "csrf=\(token)"))
+                return try await browser.execute(request, timeout: .seconds(10))
+            }
+            #expect(try await logout("forged").status == .forbidden)
+            #expect(try await fixture.hub.core.sessionViews(includeEnded: false).contains { $0.user == "erin@example.com" })
+            let out = try await logout(String(csrf))
+            #expect(out.status == .ok && out.headers["Set-Cookie"].contains { $0.hasPrefix("tether_session=;") })
+            #expect(try await fixture.hub.core.sessionViews(includeEnded: false).allSatisfy { $0.user != "erin@example.com" })
             try await browser.shutdown()
         } catch {
             try? await browser.shutdown()
             throw error
         }
         try await fixture.stop()
+    }
+
+    @Test func anEndedSessionTellsKubectlToLogInAgain() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let file = dir.sub("old.session")
+        try SessionFile(hub: "https://hub.example:7443", user: "alice", credential: "tether-session.v1.x.y",
+                        expiresAt: Date().addingTimeInterval(-60), caCertificate: nil).write(to: file)
+        let expired = try await runCommand(try ChildProcess.binary("tether-hub"), ["credential", "--session", file], environment: ["HOME": dir.path])
+        #expect(expired.status != 0 && expired.stdout.isEmpty)
+        #expect(expired.stderr.contains("your session at https://hub.example:7443 expired") && expired.stderr.contains("tether-hub login --hub https://hub.example:7443"),
+                "\(expired.stderr)")
+        try SessionFile(hub: "https://hub.example:7443", user: "alice", credential: "tether-session.v1.x.y",
+                        expiresAt: Date().addingTimeInterval(600), caCertificate: nil).write(to: file)
+        let live = try await runCommand(try ChildProcess.binary("tether-hub"), ["credential", "--session", file], environment: ["HOME": dir.path])
+        let credential = try #require(try JSONSerialization.jsonObject(with: Data(live.stdout.utf8)) as? [String: Any], "\(live.stderr)")
+        #expect(credential["apiVersion"] as? String == "client.authentication.k8s.io/v1" && credential["kind"] as? String == "ExecCredential")
+        let status = try #require(credential["status"] as? [String: Any])
+        #expect(status["token"] as? String == "tether-session.v1.x.y" && (status["expirationTimestamp"] as? String)?.hasSuffix("Z") == true)
+        let nobody = try await runCommand(try ChildProcess.binary("tether-hub"), ["credential"], environment: ["HOME": dir.path, "TETHER_SESSION_FILE": ""])
+        #expect(nobody.status != 0 && nobody.stderr.contains("you are not logged in; run: tether-hub login --hub"), "\(nobody.stderr)")
     }
 }
