@@ -27,11 +27,7 @@ import Testing
         let kubeconfig: String
 
         static func start(_ dir: TemporaryDirectory) async throws -> Fixture {
-            let emulator = try await KubeEmulator.start()
-            try emulator.writeKubeconfig(to: dir.sub("emulator-kubeconfig"))
-            let hub = try await TestHub.start(dataDir: dir.sub("hub"))
-            _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
-            try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: """
+            let cluster = try await EmulatedCluster.start(dir, roles: """
                 apiVersion: tether.dev/v1
                 kind: AccessRole
                 metadata: {name: prod-view}
@@ -40,15 +36,8 @@ import Testing
                   clusterSelector: {matchLabels: {env: prod}}
                   clusterRoles: [view]
                   namespaces: [{name: default, clusterRoles: [edit]}]
-                """, file: "roles.yaml"))
-            var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try await hub.join("prod-eu"))
-            config.healthListen = nil
-            config.auditListen = nil
-            config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("emulator-kubeconfig"))
-            let agent = try AgentRuntime(configuration: config, logger: testLogger)
-            let agentTask = Task { try await agent.run() }
-            try await eventually("agent online") { try await hub.status("prod-eu") == .online }
-            let endpoint = try #require(await hub.core.accessEndpoint.value)
+                """)
+            let (emulator, hub, agent, agentTask, endpoint) = (cluster.emulator, cluster.hub, cluster.agent, cluster.agentTask, cluster.endpoint)
             let (session, credential, _) = try await hub.core.createSession(user: "alice@example.com", groups: ["developers"], ttl: .seconds(3600))
             let sessionFile = dir.sub("alice.session")
             try SessionFile(hub: endpoint.url, user: session.user, credential: credential, expiresAt: session.expiresAt,

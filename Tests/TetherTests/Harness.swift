@@ -1,4 +1,5 @@
 import Foundation
+import KubeEmulator
 import Logging
 import NIOCore
 import Shared
@@ -121,5 +122,39 @@ final class TestAgent: Sendable {
     func stop() async throws {
         await runtime.shutdown()
         try await task.value
+    }
+}
+
+/// An emulated cluster `prod-eu` (label `env=prod`) whose agent is connected to a
+/// hub, with AccessRoles applied: what the access and sign-in tests stand on.
+struct EmulatedCluster {
+    let emulator: KubeEmulator
+    let hub: TestHub
+    let agent: AgentRuntime
+    let agentTask: Task<Void, any Error>
+    let endpoint: AccessEndpoint
+
+    static func start(_ dir: TemporaryDirectory, roles: String, oidc: OIDCSettings? = nil) async throws -> EmulatedCluster {
+        let emulator = try await KubeEmulator.start()
+        try emulator.writeKubeconfig(to: dir.sub("emulator-kubeconfig"))
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"), oidc: oidc)
+        _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
+        try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: roles, file: "roles.yaml"))
+        var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try await hub.join("prod-eu"))
+        config.healthListen = nil
+        config.auditListen = nil
+        config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("emulator-kubeconfig"))
+        let agent = try AgentRuntime(configuration: config, logger: testLogger)
+        let agentTask = Task { try await agent.run() }
+        try await eventually("agent online") { try await hub.status("prod-eu") == .online }
+        guard let endpoint = await hub.core.accessEndpoint.value else { throw TetherError(.unavailable, "the test hub has no access listener") }
+        return EmulatedCluster(emulator: emulator, hub: hub, agent: agent, agentTask: agentTask, endpoint: endpoint)
+    }
+
+    func stop() async throws {
+        await agent.shutdown()
+        try await agentTask.value
+        try await hub.stop()
+        await emulator.stop()
     }
 }

@@ -33,14 +33,10 @@ import Testing
         static func start(_ dir: TemporaryDirectory, provider: OIDCTestProvider? = nil, trustAMR: Bool = false) async throws -> Fixture {
             let owned = provider != nil
             let provider = if let provider { provider } else { try await sharedProvider.value }
-            let emulator = try await KubeEmulator.start()
-            try emulator.writeKubeconfig(to: dir.sub("emulator-kubeconfig"))
             var oidc = OIDCSettings(issuer: provider.issuer, clientID: "tether")
             oidc.clientSecret = "tether-test-secret"
             oidc.trustAMR = trustAMR
-            let hub = try await TestHub.start(dataDir: dir.sub("hub"), oidc: oidc)
-            _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
-            try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: """
+            let cluster = try await EmulatedCluster.start(dir, roles: """
                 apiVersion: tether.dev/v1
                 kind: AccessRole
                 metadata: {name: prod-view}
@@ -48,15 +44,8 @@ import Testing
                   subjects: [{kind: Group, name: developers}]
                   clusterSelector: {matchLabels: {env: prod}}
                   clusterRoles: [view]
-                """, file: "roles.yaml"))
-            var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try await hub.join("prod-eu"))
-            config.healthListen = nil
-            config.auditListen = nil
-            config.kubernetes = try KubeConnection.kubeconfig(path: dir.sub("emulator-kubeconfig"))
-            let agent = try AgentRuntime(configuration: config, logger: testLogger)
-            let agentTask = Task { try await agent.run() }
-            try await eventually("agent online") { try await hub.status("prod-eu") == .online }
-            let endpoint = try #require(await hub.core.accessEndpoint.value)
+                """, oidc: oidc)
+            let (emulator, hub, agent, agentTask, endpoint) = (cluster.emulator, cluster.hub, cluster.agent, cluster.agentTask, cluster.endpoint)
             let caFile = dir.sub("hub-ca.pem")
             try (endpoint.caCertificate ?? "").write(toFile: caFile, atomically: true, encoding: .utf8)
             return Fixture(dir: dir, provider: provider, emulator: emulator, hub: hub, agent: agent, agentTask: agentTask, endpoint: endpoint, caFile: caFile,
