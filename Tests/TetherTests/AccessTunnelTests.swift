@@ -106,7 +106,9 @@ import Testing
         #expect(deleted.status == 0 && deleted.stdout.contains("deleted"), "\(deleted.stderr)")
         #expect(emulator.object(.configMaps, namespace: "default", name: "notes") == nil)
 
-        // Every proxied request is in the hub's audit log under her name.
+        // Every proxied request is in the hub's audit log under her name (written
+        // once its response went out: wait for those writes, not for a time).
+        await hub.core.auditBacklog.drained()
         let audited = try await hub.core.database.auditEvents(AuditQuery(cluster: "hub", user: "alice@example.com", verb: "delete",
                                                                          resource: "configmaps", namespace: "default", name: "notes"))
         #expect(audited.count == 1)

@@ -141,6 +141,12 @@ import Testing
         let got = try await fixture.kubectl("get", "configmaps", "-n", "default")
         #expect(got.status == 0, "\(got.stderr)")
         #expect(fixture.accounts(of: "alice@example.com").count == 1)
+        // The secret is stored sealed (AES-GCM under otp.key), bound to the person.
+        let record = try #require(try await fixture.hub.core.database.person("alice@example.com"))
+        let sealed = try #require(record.otpSecret)
+        #expect(sealed.range(of: Data(totp.secret)) == nil)
+        #expect(try fixture.hub.core.openSecret(sealed, user: "alice@example.com") == totp.secret)
+        #expect(throws: TetherError.self) { try fixture.hub.core.openSecret(sealed, user: "mallory@example.com") }
         let people = try await fixture.hub.core.personViews()
         #expect(people.map(\.name) == ["alice@example.com"] && people[0].secondFactor && people[0].groups == ["developers"] && people[0].liveSessions == 1)
 

@@ -20,6 +20,8 @@ package struct TunnelRequest: Sendable {
     package var probe = false
     /// A connection upgrade (exec, attach, port-forward): the protocol asked for.
     package var upgrade: String? = nil
+    /// No request body: sent to the API server at once, not after the hub's end frame.
+    package var bodyless = false
 }
 
 /// What the hub sends on a tunnel after OpenTunnel: the request body (or, after a

@@ -9,7 +9,8 @@ import Synchronization
 extension TunnelRequest {
     init(proto open: Tether_V1_OpenTunnel) {
         self.init(id: open.id, method: open.method, path: open.path, headers: open.headers.map { ($0.name, $0.value) },
-                  grant: PersonGrant(proto: open.grant), probe: open.probe, upgrade: open.upgrade.isEmpty ? nil : open.upgrade)
+                  grant: PersonGrant(proto: open.grant), probe: open.probe, upgrade: open.upgrade.isEmpty ? nil : open.upgrade,
+                  bodyless: open.bodyless && open.upgrade.isEmpty)
     }
 }
 
@@ -88,6 +89,11 @@ extension HubLink {
                         // exec, attach, port-forward: sent at once; what the hub sends
                         // after the 101 is the connection's bytes.
                         task = Task { try await forwarder.upgrade(request, input: fromHub, emit: emit) }
+                    } else if request.bodyless {
+                        // Nothing to wait for: the request goes out as the tunnel opens
+                        // (the hub's end frame, when it comes, is not needed).
+                        fromHub.finish()
+                        task = Task { try await forwarder.forward(request, body: ByteBuffer(), emit: emit) }
                     } else {
                         var body = ByteBuffer()
                         var complete = false
@@ -126,10 +132,10 @@ extension HubLink {
                 onResponse: { response in
                     for try await frame in response.messages {
                         switch frame.kind {
-                        case .body(let data): await fromHub.send(.body(ByteBuffer(bytes: data)))
+                        case .body(let data): if !request.bodyless { await fromHub.send(.body(ByteBuffer(bytes: data))) }
                         case .end(let end):
                             if end.error.isEmpty {
-                                await fromHub.send(.end)
+                                if !request.bodyless { await fromHub.send(.end) }
                             } else {
                                 // The person went away: stop first (nobody may be reading).
                                 forwarding.cancel()

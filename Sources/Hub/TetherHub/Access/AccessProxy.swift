@@ -101,7 +101,7 @@ enum AccessProxy {
     }
 
     static func reachableClusters(for session: SessionRecord, core: HubCore) async throws -> [ReachableCluster] {
-        let roles = try await core.database.accessRoles().map(\.role)
+        let roles = try await core.currentAccessRoles()
         return try await core.clusterViews().filter { $0.status != .revoked }.compactMap { cluster in
             let decision = AccessDecision.evaluate(roles: roles, user: session.user, groups: session.groups, clusterLabels: cluster.labels)
             guard decision.allowed else { return nil }
@@ -123,7 +123,7 @@ enum AccessProxy {
         guard let name = try? ClusterName(clusterName), let cluster = try await core.database.cluster(name), cluster.revokedAt == nil else {
             throw TetherError(.notFound, "cluster \"\(clusterName)\" is not registered at this hub (tether-hub kubeconfig lists the clusters you can reach)")
         }
-        let decision = AccessDecision.evaluate(roles: try await core.database.accessRoles().map(\.role), user: session.user, groups: session.groups,
+        let decision = AccessDecision.evaluate(roles: try await core.currentAccessRoles(), user: session.user, groups: session.groups,
                                                clusterLabels: cluster.labels)
         guard decision.allowed else {
             await core.audit(HubAction(verb: "connect", resource: "clusters", name: clusterName, user: session.user, code: 403,
@@ -150,6 +150,12 @@ enum AccessProxy {
         TunnelHeaders.carried(fields.map { ($0.name.rawName, $0.value) })
     }
 
+    /// An HTTP/1.1 request without Content-Length (or with 0) and without
+    /// Transfer-Encoding has no body (RFC 9112 §6.3): a GET, a watch, most DELETEs.
+    static func hasNoBody(_ headers: HTTPFields) -> Bool {
+        headers[.transferEncoding] == nil && (headers[.contentLength].map { $0.trimmingCharacters(in: .whitespaces) == "0" } ?? true)
+    }
+
     /// Carries a granted request down the cluster's tunnel and streams the answer
     /// back as it arrives (watches and log follows have no timeout).
     static func forward(_ request: Request, context: BasicRequestContext, cluster: ClusterName, session: SessionRecord, grants: AccessGrants,
@@ -160,7 +166,7 @@ enum AccessProxy {
         let query = request.uri.query ?? ""
         let path = (rest.isEmpty ? "/" : rest) + (query.isEmpty ? "" : "?" + query)
         let tunnel = TunnelRequest(id: TunnelBroker.newID(), method: request.method.rawValue, path: path, headers: carried(request.headers),
-                                   session: session, grants: grants)
+                                   session: session, grants: grants, bodyless: hasNoBody(request.headers))
         let streams = try await core.tunnels.open(tunnel.id, cluster: cluster, timeout: .seconds(10)) { core.registry.openTunnel(cluster, tunnel) }
         core.metrics.tunnelsOpen.increment()
         do {
@@ -238,7 +244,7 @@ enum AccessProxy {
             core.metrics.tunnelsOpen.decrement()
             let ms = Int((ContinuousClock.now - started).seconds * 1000)
             let info = KubeRequestInfo(method: method, path: path)
-            await core.audit(HubAction(
+            await core.auditAfterResponse(HubAction(
                 verb: info.verb, resource: info.resource ?? path, name: info.name, user: session.user, code: status, sourceIP: nil,
                 message: "\(method) \(path) on cluster \(cluster): \(outcome)", namespace: info.namespace, apiGroup: info.apiGroup ?? "",
                 groups: session.groups,

@@ -34,7 +34,8 @@ extension HubCore {
     @discardableResult
     func probeDataPath(_ cluster: ClusterName) async -> DataPathState {
         let started = ContinuousClock.now
-        let request = TunnelRequest(id: TunnelBroker.newID(), method: "GET", path: "/readyz", headers: [], session: nil, grants: AccessGrants())
+        let request = TunnelRequest(id: TunnelBroker.newID(), method: "GET", path: "/readyz", headers: [], session: nil, grants: AccessGrants(),
+                                    bodyless: true)
         var state: DataPathState
         do {
             let streams = try await tunnels.open(request.id, cluster: cluster, timeout: .seconds(10)) { registry.openTunnel(cluster, request) }

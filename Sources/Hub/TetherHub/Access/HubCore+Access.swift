@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import HubStore
 import Shared
+import Synchronization
 
 /// One row of `access who-can CLUSTER`.
 struct WhoCanRow: Codable, Sendable, Equatable {
@@ -49,6 +50,24 @@ struct SessionView: Codable, Sendable, Equatable {
     }
 }
 
+/// The stored AccessRoles, decoded once and kept until they change: every proxied
+/// request evaluates them. The hub is the only writer of its database while it
+/// runs, and each write here invalidates; a generation number keeps a read that
+/// raced a write from caching what it read before the write.
+final class AccessRoleCache: Sendable {
+    private let state = Mutex<(roles: [AccessRole]?, generation: UInt64)>((nil, 0))
+
+    init() {}
+
+    func cached() -> (roles: [AccessRole]?, generation: UInt64) { state.withLock { ($0.roles, $0.generation) } }
+
+    func fill(_ roles: [AccessRole], readAt generation: UInt64) {
+        state.withLock { if $0.generation == generation { $0.roles = roles } }
+    }
+
+    func invalidate() { state.withLock { $0.roles = nil; $0.generation &+= 1 } }
+}
+
 extension HubSettings {
     static let defaultSessionTTL: Duration = .seconds(8 * 3600)
     /// Sessions are short-lived: a day at most, whatever is asked.
@@ -73,6 +92,7 @@ extension HubCore {
                                      message: (role.grants.summary + role.subjects.map { "\($0.kind.rawValue) \($0.name)" }).joined(separator: "; ")), at: now)
         }
         try await database.applyAccessRoles(roles, now: now, audit: records)
+        accessRoleCache.invalidate()
         logger.info("access roles applied", metadata: ["roles": "\(roles.map(\.name).joined(separator: ","))"])
         await pushAccess()
     }
@@ -81,7 +101,17 @@ extension HubCore {
         let now = clock.now()
         let record = try auditEvent(HubAction(verb: "delete", resource: "accessroles", name: name, user: caller.user, code: 200, sourceIP: caller.address), at: now)
         try await database.deleteAccessRole(name, now: now, audit: [record])
+        accessRoleCache.invalidate()
         await pushAccess()
+    }
+
+    /// The AccessRoles as stored (from the cache when nothing changed since).
+    func currentAccessRoles() async throws -> [AccessRole] {
+        let (cached, generation) = accessRoleCache.cached()
+        if let cached { return cached }
+        let roles = try await database.accessRoles().map(\.role)
+        accessRoleCache.fill(roles, readAt: generation)
+        return roles
     }
 
     /// The keys (`ClusterRole/NAME`, `Role/NS/NAME`) of roles the stored policy
@@ -128,7 +158,7 @@ extension HubCore {
     /// What a person (with these groups) gets on a cluster, and from which roles.
     func explainAccess(user: String, groups: [String], cluster: ClusterName) async throws -> AccessDecision {
         let record = try await registeredCluster(cluster)
-        return AccessDecision.evaluate(roles: try await database.accessRoles().map(\.role), user: user, groups: groups, clusterLabels: record.labels)
+        return AccessDecision.evaluate(roles: try await currentAccessRoles(), user: user, groups: groups, clusterLabels: record.labels)
     }
 
     // MARK: What agents hold
@@ -136,7 +166,7 @@ extension HubCore {
     /// The live sessions with a grant on `cluster`, and each one's grant there.
     func liveGrants(on cluster: ClusterName) async throws -> [(session: SessionRecord, grants: AccessGrants)] {
         guard let record = try await database.cluster(cluster), record.revokedAt == nil else { return [] }
-        return Self.grants(sessions: try await database.sessions(now: clock.now()), roles: try await database.accessRoles().map(\.role),
+        return Self.grants(sessions: try await database.sessions(now: clock.now()), roles: try await currentAccessRoles(),
                            labels: record.labels)
     }
 
@@ -154,7 +184,7 @@ extension HubCore {
     func pushAccess(only: ClusterName? = nil) async {
         do {
             let sessions = try await database.sessions(now: clock.now())
-            let roles = try await database.accessRoles().map(\.role)
+            let roles = try await currentAccessRoles()
             let connected = only.map { registry.isConnected($0) ? [$0] : [] } ?? Array(registry.connected)
             for cluster in connected {
                 guard let record = try await database.cluster(cluster), record.revokedAt == nil else { continue }

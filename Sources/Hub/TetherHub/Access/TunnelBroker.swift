@@ -19,6 +19,8 @@ struct TunnelRequest: Sendable {
     var grants: AccessGrants
     /// The protocol of a connection upgrade (exec, attach, port-forward), or nil.
     var upgrade: String? = nil
+    /// No request body: the agent sends it on without waiting for the end frame.
+    var bodyless = false
 }
 
 /// A frame of a tunnel, either way (domain form of `TunnelFrame`).

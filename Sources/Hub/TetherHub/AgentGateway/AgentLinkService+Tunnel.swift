@@ -13,6 +13,7 @@ extension Tether_V1_OpenTunnel {
         path = request.path
         headers = request.headers.map { header in .with { $0.name = header.name; $0.value = header.value } }
         upgrade = request.upgrade ?? ""
+        bodyless = request.bodyless && request.upgrade == nil
         if let session = request.session {
             grant = Tether_V1_AccessGrant(session: session, grants: request.grants)
         } else {

@@ -28,6 +28,50 @@ final class AuditIngestFaults: Sendable {
     }
 }
 
+/// Audit events of proxied requests still being written. The proxy records a
+/// request's event after its response has gone out, so a person's next request on
+/// the same connection does not wait for the commit (an fsync) of the last one's.
+/// Bounded: past `limit` in flight a request waits for its own write; shutdown
+/// waits for all of them (`drained`), so a hub that stops cleanly loses none.
+final class AuditBacklog: Sendable {
+    private let state = Mutex<(inFlight: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
+    let limit: Int
+
+    init(limit: Int = 10_000) { self.limit = limit }
+
+    func reserve() -> Bool {
+        state.withLock { s in
+            guard s.inFlight < limit else { return false }
+            s.inFlight += 1
+            return true
+        }
+    }
+
+    func release() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.inFlight -= 1
+            guard s.inFlight == 0 else { return [] }
+            defer { s.waiters.removeAll() }
+            return s.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    var inFlight: Int { state.withLock { $0.inFlight } }
+
+    /// Returns once nothing is in flight.
+    func drained() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                guard s.inFlight > 0 else { return true }
+                s.waiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
+    }
+}
+
 /// Which person each just-in-time account name stands for (account name -> user).
 final class JITPeople: Sendable {
     private let state = Mutex<(people: [String: String], loadedAt: ContinuousClock.Instant?)>(([:], nil))
@@ -103,6 +147,16 @@ extension HubCore {
     /// audit.k8s.io/v1 Event of cluster `hub`. Failures are logged, never thrown:
     /// the action itself already happened. Awaited by callers, so an action is in
     /// the log before the caller answers.
+    /// Records `action` without waiting for its commit (see `AuditBacklog`); waits
+    /// only when the backlog is full.
+    func auditAfterResponse(_ action: HubAction) async {
+        guard auditBacklog.reserve() else { return await audit(action) }
+        Task {
+            await self.audit(action)
+            self.auditBacklog.release()
+        }
+    }
+
     func audit(_ action: HubAction) async {
         do {
             try await database.appendHubAudit(try auditEvent(action, at: clock.now()), now: clock.now())

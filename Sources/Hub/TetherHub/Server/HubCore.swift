@@ -54,6 +54,10 @@ final class HubCore: Sendable {
     let oidc: OIDCProvider?
     /// Sign-ins in progress.
     let signIns = SignInTable()
+    /// Proxied requests' audit events being written after their responses.
+    let auditBacklog = AuditBacklog()
+    /// The AccessRoles every proxied request is checked against.
+    let accessRoleCache = AccessRoleCache()
 
     init(database: HubDatabase, ca: CertificateAuthority, settings: HubSettings, clock: HubClock, metrics: HubMetrics, logger: Logger,
          sessionKey: SymmetricKey = SymmetricKey(size: .bits256), otpKey: SymmetricKey = SymmetricKey(size: .bits256), oidc: OIDCProvider? = nil) {

@@ -144,7 +144,15 @@ final class HubServer: Sendable {
 
     /// Runs until shutdown.
     func run() async throws {
-        try await group.run()
+        // Once the listeners are closed, what proxied requests still have to record
+        // is written before the process goes.
+        do {
+            try await group.run()
+        } catch {
+            await core.auditBacklog.drained()
+            throw error
+        }
+        await core.auditBacklog.drained()
     }
 
     /// Begins graceful shutdown: agent channels are closed, then the listeners.

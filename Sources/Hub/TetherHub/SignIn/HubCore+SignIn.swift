@@ -26,15 +26,23 @@ final class SignInTable: Sendable {
     }
 
     static let lifetime: TimeInterval = 600
+    /// Sign-ins started and not finished, at most: anyone can start one, so the
+    /// oldest give way rather than the hub's memory.
+    static let maxPending = 10_000
     private let pending = Mutex<[String: Pending]>([:])
     private let tickets = Mutex<[String: Ticket]>([:])
 
     func add(state: String, _ value: Pending) {
         pending.withLock { table in
             table = table.filter { $0.value.createdAt.addingTimeInterval(Self.lifetime) > value.createdAt }
+            if table.count >= Self.maxPending, let oldest = table.min(by: { $0.value.createdAt < $1.value.createdAt })?.key {
+                table[oldest] = nil
+            }
             table[state] = value
         }
     }
+
+    var pendingCount: Int { pending.withLock { $0.count } }
 
     /// The sign-in `state` names, removed: a state (and so a code) works once.
     func take(state: String, now: Date) -> Pending? {

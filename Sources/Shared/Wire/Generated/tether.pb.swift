@@ -269,6 +269,12 @@ public nonisolated struct Tether_V1_OpenTunnel: Sendable {
   /// either side's TunnelEnd closes it. Any other answer is returned unchanged.
   public var upgrade: String = String()
 
+  /// The request has no body (no Content-Length, or 0, and no Transfer-Encoding; not
+  /// an upgrade): the agent sends it to the API server at once instead of waiting
+  /// for the hub's TunnelEnd. The hub still sends TunnelEnd, which such an agent
+  /// ignores; an agent that does not know this field waits for it as before.
+  public var bodyless: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1033,7 +1039,7 @@ nonisolated extension Tether_V1_LiveSessions: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".OpenTunnel"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}method\0\u{1}path\0\u{1}headers\0\u{1}grant\0\u{1}probe\0\u{1}upgrade\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}method\0\u{1}path\0\u{1}headers\0\u{1}grant\0\u{1}probe\0\u{1}upgrade\0\u{1}bodyless\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1048,6 +1054,7 @@ nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf
       case 5: try { try decoder.decodeSingularMessageField(value: &self._grant) }()
       case 6: try { try decoder.decodeSingularBoolField(value: &self.probe) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.upgrade) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.bodyless) }()
       default: break
       }
     }
@@ -1079,6 +1086,9 @@ nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf
     if !self.upgrade.isEmpty {
       try visitor.visitSingularStringField(value: self.upgrade, fieldNumber: 7)
     }
+    if self.bodyless != false {
+      try visitor.visitSingularBoolField(value: self.bodyless, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1090,6 +1100,7 @@ nonisolated extension Tether_V1_OpenTunnel: SwiftProtobuf.Message, SwiftProtobuf
     if lhs._grant != rhs._grant {return false}
     if lhs.probe != rhs.probe {return false}
     if lhs.upgrade != rhs.upgrade {return false}
+    if lhs.bodyless != rhs.bodyless {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
