@@ -362,6 +362,11 @@ import Testing
             var viaCookie = HTTPClientRequest(url: fixture.endpoint.url + "/clusters/prod-eu/api/v1/namespaces")
             viaCookie.headers.add(name: "Cookie", value: String(sessionCookie.prefix { $0 != ";" }))
             #expect(try await browser.execute(viaCookie, timeout: .seconds(10)).status == .unauthorized)
+            // The CLI's logout takes the bearer only, never the cookie.
+            var byCookie = HTTPClientRequest(url: fixture.endpoint.url + "/tether/v1/logout")
+            byCookie.method = .POST
+            byCookie.headers.add(name: "Cookie", value: String(sessionCookie.prefix { $0 != ";" }))
+            #expect(try await browser.execute(byCookie, timeout: .seconds(10)).status == .unauthorized)
             // Sign out: only with the page's CSRF token; then the session is over.
             let csrf = try #require(signedIn.components(separatedBy: "name=\"csrf\" value=\"").dropFirst().first?.prefix { $0 != "\"" })
             func logout(_ token: String) async throws -> HTTPClientResponse {

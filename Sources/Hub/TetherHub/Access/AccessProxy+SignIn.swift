@@ -75,7 +75,9 @@ extension AccessProxy {
             return try AdminServer.json(await grant(session, credential, core: core))
         }
         router.post("/tether/v1/logout") { request, _ -> Response in
-            let session = try await authenticate(request, core: core)
+            // The bearer only: a state-changing call is never made on a cookie's say
+            // (the browser signs out with /logout and its CSRF token).
+            let session = try await authenticate(authorization: request.headers[.authorization], core: core)
             let ended = try await core.revokeSessions(id: session.id, by: Caller(user: session.user, address: nil))
             return try AdminServer.json(ended.map(SessionView.init))
         }

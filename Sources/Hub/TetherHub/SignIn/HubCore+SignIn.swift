@@ -119,6 +119,7 @@ extension HubCore {
     private func refuseSignIn(_ user: String, _ error: TetherError, code: Int, address: String?) async -> TetherError {
         await audit(HubAction(verb: "login", resource: "sessions", name: nil, user: user, code: code, sourceIP: address, message: error.message))
         metrics.signIns(outcome: code == 200 ? "ok" : "refused")
+        logger.notice("sign-in refused", metadata: ["user": "\(user)", "code": "\(code)", "reason": "\(error.message)"])
         return error
     }
 
