@@ -98,7 +98,7 @@ import Testing
 
         // Metrics: requests by cluster and code at the hub; accounts made at the agent.
         #expect(hub.core.metrics.exposition().contains(#"tether_access_requests_total{cluster="prod-eu",code="200"}"#))
-        #expect(hub.core.metrics.exposition().contains("tether_access_tunnels_open 0"))
+        try await eventually(timeout: .seconds(5), "every tunnel closed") { hub.core.metrics.exposition().contains("tether_access_tunnels_open 0") }
         #expect(fixture.agent.metrics.exposition().contains("tether_agent_jit_accounts_created_total 1"))
         #expect(fixture.agent.metrics.exposition().contains("tether_agent_jit_first_request_seconds_count 1"))
 

@@ -17,11 +17,7 @@ import Testing
     struct Fixture {
         let dir: TemporaryDirectory
         let provider: OIDCTestProvider
-        let emulator: KubeEmulator
-        let hub: TestHub
-        let agent: AgentRuntime
-        let agentTask: Task<Void, any Error>
-        let endpoint: AccessEndpoint
+        let cluster: EmulatedCluster
         let caFile: String
         /// False for the suite's shared provider, which outlives each test.
         var ownsProvider = false
@@ -45,18 +41,17 @@ import Testing
                   clusterSelector: {matchLabels: {env: prod}}
                   clusterRoles: [view]
                 """, oidc: oidc)
-            let (emulator, hub, agent, agentTask, endpoint) = (cluster.emulator, cluster.hub, cluster.agent, cluster.agentTask, cluster.endpoint)
             let caFile = dir.sub("hub-ca.pem")
-            try (endpoint.caCertificate ?? "").write(toFile: caFile, atomically: true, encoding: .utf8)
-            return Fixture(dir: dir, provider: provider, emulator: emulator, hub: hub, agent: agent, agentTask: agentTask, endpoint: endpoint, caFile: caFile,
-                           ownsProvider: owned)
+            try (cluster.endpoint.caCertificate ?? "").write(toFile: caFile, atomically: true, encoding: .utf8)
+            return Fixture(dir: dir, provider: provider, cluster: cluster, caFile: caFile, ownsProvider: owned)
         }
 
+        var emulator: KubeEmulator { cluster.emulator }
+        var hub: TestHub { cluster.hub }
+        var endpoint: AccessEndpoint { cluster.endpoint }
+
         func stop() async throws {
-            await agent.shutdown()
-            try await agentTask.value
-            try await hub.stop()
-            await emulator.stop()
+            try await cluster.stop()
             if ownsProvider { await provider.stop() }
         }
 
@@ -308,8 +303,7 @@ import Testing
         // It comes back with a new signing key (its tokens carry no key id): the hub
         // fetches the keys again when the cached one does not verify.
         let restarted = try await OIDCTestProvider.start(port: port)
-        let rotated = Fixture(dir: fixture.dir, provider: restarted, emulator: fixture.emulator, hub: fixture.hub, agent: fixture.agent,
-                              agentTask: fixture.agentTask, endpoint: fixture.endpoint, caFile: fixture.caFile, ownsProvider: true)
+        let rotated = Fixture(dir: fixture.dir, provider: restarted, cluster: fixture.cluster, caFile: fixture.caFile, ownsProvider: true)
         try await restarted.setUser("dave", claims: ["email": "dave@example.com", "groups": ["developers"], "amr": ["pwd", "otp"]])
         let afterRotation = try await rotated.signIn("dave")
         #expect(afterRotation.answer.session?.user == "dave@example.com")
@@ -346,6 +340,15 @@ import Testing
             let ticket = try #require(page.components(separatedBy: "name=\"ticket\" value=\"").dropFirst().first?.prefix { $0 != "\"" })
             let uri = try #require(page.components(separatedBy: "<code>").dropFirst().first?.components(separatedBy: "</code>").first)
             let code = try Self.secret(of: uri.replacingOccurrences(of: "&amp;", with: "&")).code(at: Date())
+            // A wrong code: the form again, still showing what to enroll.
+            var wrong = HTTPClientRequest(url: fixture.endpoint.url + "/login/code")
+            wrong.method = .POST
+            wrong.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+            wrong.body = .bytes(ByteBuffer(string: "ticket=\(ticket)&code=\(code == "000000" ? "111111" : "000000")"))
+            let retry = try await browser.execute(wrong, timeout: .seconds(10))
+            #expect(retry.status == .unauthorized)
+            let retryPage = String(buffer: try await retry.body.collect(upTo: 1 << 20))
+            #expect(retryPage.contains("wrong or already used code") && retryPage.contains("<svg") && retryPage.contains("name=\"ticket\""), "\(retryPage.prefix(400))")
             var submit = HTTPClientRequest(url: fixture.endpoint.url + "/login/code")
             submit.method = .POST
             submit.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")

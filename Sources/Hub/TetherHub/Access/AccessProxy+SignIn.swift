@@ -120,11 +120,14 @@ extension AccessProxy {
             do {
                 let (_, credential) = try await core.confirmSecondFactor(ticket: form.ticket, code: form.code, address: nil)
                 return signedIn(credential)
-            } catch let error as TetherError where error.code == .unauthenticated && core.signIns.ticket(form.ticket, now: core.clock.now()) != nil {
-                let user = core.signIns.ticket(form.ticket, now: core.clock.now())?.user ?? ""
-                return Page.response(status: .unauthorized, title: "Second factor",
-                                     body: "<p class=\"error\">\(Page.escape(error.message))</p>" + Page.secondFactorForm(ticket: form.ticket, user: user, enrollment: nil))
             } catch let error as TetherError {
+                // A wrong code with the sign-in still open: the form again, to try once more.
+                if error.code == .unauthenticated, let ticket = core.signIns.ticket(form.ticket, now: core.clock.now()) {
+                    return Page.response(status: .unauthorized, title: "Second factor",
+                                         body: "<p class=\"error\">\(Page.escape(error.message))</p>"
+                                             + Page.secondFactorForm(ticket: form.ticket, user: ticket.user,
+                                                                    enrollment: ticket.enrolling?.uri(issuer: "Tether", account: ticket.user)))
+                }
                 return Page.response(status: .init(code: KubeStatus.parts(for: error).code), title: "Sign-in refused",
                                      body: "<p>\(Page.escape(error.message))</p>\(Page.again)")
             }

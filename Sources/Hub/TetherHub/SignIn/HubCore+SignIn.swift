@@ -206,7 +206,7 @@ extension HubCore {
             }
             secret = TOTP(secret: try openSecret(sealed, user: ticket.user))
         }
-        let sealed = ticket.enrolling.map { try? sealSecret($0.secret, user: ticket.user) } ?? nil
+        let sealed = try ticket.enrolling.map { try sealSecret($0.secret, user: ticket.user) }
         let user = ticket.user, enrolling = ticket.enrolling != nil
         let event = { @Sendable (message: String, code: Int) throws -> IndexedAuditEvent in
             try self.auditEvent(HubAction(verb: "login", resource: "secondfactor", name: nil, user: user, code: code, sourceIP: address, message: message), at: now)
