@@ -171,8 +171,12 @@ extension HubDatabase {
                 clauses.append("id > ?")
                 arguments.append(after)
             }
+            if let before = query.beforeID {
+                clauses.append("id < ?")
+                arguments.append(before)
+            }
             let filter = clauses.isEmpty ? "" : "WHERE " + clauses.joined(separator: " AND ")
-            let order = query.afterID == nil ? "time, id" : "id"
+            let order = query.newestFirst ? "id DESC" : query.afterID == nil ? "time, id" : "id"
             let sql = "SELECT id, cluster, sequence, event FROM auditEvents \(filter) ORDER BY \(order) LIMIT ?"
             arguments.append(query.limit)
             return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(arguments)).map {

@@ -1,3 +1,4 @@
+import Synchronization
 import Foundation
 import Hummingbird
 import HummingbirdTLS
@@ -16,6 +17,7 @@ enum AuditReceiver {
 
     static func makeRouter(spool: AuditSpool, token: String, metrics: AgentMetrics, logger: Logger) -> Router<BasicRequestContext> {
         let router = Router()
+        let refusals = SpoolRefusals()
         router.post("/audit") { request, _ -> Response in
             var request = request
             func refuse(_ status: HTTPResponse.Status, _ reason: String, _ message: String) -> Response {
@@ -42,14 +44,19 @@ enum AuditReceiver {
                 return refuse(.badRequest, "malformed", "not an audit.k8s.io/v1 EventList: \(error)")
             }
             let range: ClosedRange<UInt64>?
+            // Batches refused while the spool was full are said in the stream itself,
+            // ahead of the first batch stored again: the hub's report shows the overflow.
+            let owed = refusals.take()
             do {
-                range = try await spool.append(events)
+                range = try await spool.append((owed.map { [$0.marker(now: Date())] } ?? []) + events)
             } catch let full as AuditSpool.Full {
+                refusals.refused(adding: owed)
                 metrics.auditRejected("spool-full")
                 logger.warning("audit spool full; answering 429", metadata: ["size": "\(full.size)", "limit": "\(full.limit)"])
                 return Response(status: .tooManyRequests, headers: [.retryAfter: "5"],
                                 body: .init(byteBuffer: ByteBuffer(string: "\(full); retry later\n")))
             } catch {
+                refusals.refused(adding: owed, count: 0)
                 return refuse(.serviceUnavailable, "storage-error", "cannot store the batch: \(error)")
             }
             metrics.auditReceived.increment(by: Int64(events.count))
@@ -62,3 +69,42 @@ enum AuditReceiver {
     }
 }
 
+
+/// Webhook batches answered 429 since the last one stored.
+final class SpoolRefusals: Sendable {
+    struct Owed: Sendable {
+        var batches: Int
+        var since: Date
+
+        /// An audit event of the agent's own saying how many batches the full spool
+        /// refused and since when (the API server's retries may have brought some back).
+        func marker(now: Date) -> Data {
+            let format = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+            let event: [String: Any] = [
+                "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": UUID().uuidString.lowercased(),
+                "stage": "ResponseComplete", "verb": "tether:spool-refused", "user": ["username": "system:tether-agent"],
+                "responseStatus": ["code": 429], "requestReceivedTimestamp": since.formatted(format), "stageTimestamp": now.formatted(format),
+                "annotations": ["tether.dev/refused-batches": "\(batches)", "tether.dev/refused-since": since.formatted(format),
+                                "tether.dev/message": "the audit spool was full: \(batches) webhook batches answered 429"],
+            ]
+            return (try? JSONSerialization.data(withJSONObject: event, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        }
+    }
+
+    private let state = Mutex<Owed?>(nil)
+
+    init() {}
+
+    /// What is owed, taken (put back with `refused(adding:)` if the append fails).
+    func take() -> Owed? { state.withLock { owed in defer { owed = nil }; return owed } }
+
+    /// One more refusal (`count` 1), plus what a failed append had taken.
+    func refused(adding taken: Owed?, count: Int = 1, now: Date = Date()) {
+        state.withLock { owed in
+            var merged = owed ?? Owed(batches: 0, since: taken?.since ?? now)
+            merged.batches += count + (taken?.batches ?? 0)
+            if let taken, taken.since < merged.since { merged.since = taken.since }
+            owed = merged.batches > 0 ? merged : nil
+        }
+    }
+}

@@ -114,7 +114,8 @@ struct DriftWatcher: Service {
     private func repair(_ key: String, seen: [String: Any]?) async throws {
         guard let spec = state.desired.value[key] else { return }
         guard let resource = KubeResource.forKind(spec.summary.kind) else { return }
-        let result: AppliedResult
+        let started = ContinuousClock.now
+        var result: AppliedResult
         do {
             switch try await OwnedWriter(client: client).write(spec, resource: resource, seen: seen) {
             case .unchanged:
@@ -136,6 +137,9 @@ struct DriftWatcher: Service {
             result = AppliedResult(bundle: spec.bundle, object: key, state: .failed, message: "drift repair failed: \(error)")
         }
         if result.state == .drifted {
+            // How long the object stayed wrong after the watch showed it (the compliance report's time to repair).
+            let ms = Int(((ContinuousClock.now - started).seconds * 1000).rounded(.up))
+            result.message = (result.message ?? "repaired drift") + " (repaired in \(ms) ms)"
             logger.notice("drift repaired", metadata: ["object": "\(key)", "bundle": "\(spec.bundle)", "action": "\(result.message ?? "")"])
         }
         state.driftReports.add([result])

@@ -111,6 +111,9 @@ package struct AuditQuery: Sendable, Codable {
     package var limit: Int = 100
     /// Keyset paging for exports: only events stored after this row id, in id order.
     package var afterID: Int64?
+    /// The console's paging: newest stored first, and only those stored before this row id.
+    package var newestFirst = false
+    package var beforeID: Int64?
 
     package init(cluster: String? = nil, user: String? = nil, verb: String? = nil, resource: String? = nil, namespace: String? = nil, name: String? = nil, since: Date? = nil, until: Date? = nil, limit: Int = 100, afterID: Int64? = nil) {
         self.cluster = cluster

@@ -133,15 +133,10 @@ extension AccessProxy {
             }
         }
         router.get("/") { request, _ -> Response in
-            guard let session = try? await authenticate(request, core: core) else {
+            guard (try? await authenticate(request, core: core)) != nil else {
                 return Response(status: .found, headers: [.location: "/login"])
             }
-            return Page.response(status: .ok, title: "Tether", body: """
-                <p>Signed in as <strong>\(Page.escape(session.user))</strong> (\(Page.escape(session.method)), session \(Page.escape(session.id)), \
-                until \(Page.escape(AuditTime.format(session.expiresAt))))</p>
-                <form method="post" action="/logout"><input type="hidden" name="csrf" value="\(csrfToken(session, core: core))">\
-                <button type="submit">Sign out</button></form>
-                """)
+            return Response(status: .found, headers: [.location: "/console/"])
         }
         router.post("/logout") { request, _ -> Response in
             struct LogoutForm: Codable { var csrf: String }
@@ -179,7 +174,7 @@ extension AccessProxy {
 
     static func signedIn(_ credential: String) -> Response {
         var headers = HTTPFields()
-        headers.append(HTTPField(name: .location, value: "/"))
+        headers.append(HTTPField(name: .location, value: "/console/"))
         headers.append(HTTPField(name: .setCookie, value: cookie(sessionCookie, credential, maxAge: Int(HubSettings.maxSessionTTL.components.seconds), path: "/")))
         headers.append(HTTPField(name: .setCookie, value: cookie(signInCookie, "", maxAge: 0, path: "/")))
         return Response(status: .seeOther, headers: headers)
@@ -190,19 +185,22 @@ extension AccessProxy {
 /// Content-Security-Policy that would refuse one.
 enum Page {
     static let again = "<p><a href=\"/login\">Sign in again</a></p>"
-    static let securityPolicy = "default-src 'none'; img-src 'self' data:; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    /// Scripts and styles only from the hub's own files: no inline script or style runs.
+    static let securityPolicy = "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
+        + "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
     static func escape(_ text: String) -> String {
         text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
             .replacingOccurrences(of: "\"", with: "&quot;").replacingOccurrences(of: "'", with: "&#39;")
     }
 
-    static func response(status: HTTPResponse.Status, title: String, body: String, cookies: [String] = []) -> Response {
+    /// A page; `header` (the console's navigation) replaces the plain title.
+    static func response(status: HTTPResponse.Status, title: String, body: String, cookies: [String] = [], header: String? = nil) -> Response {
         let html = """
-            <!doctype html><html lang="en"><head><meta charset="utf-8"><title>\(escape(title))</title></head>
-            <body><h1>\(escape(title))</h1>
+            <!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">            <title>\(escape(title)) · Tether</title><link rel="stylesheet" href="/console/static/console.css">            <script src="/console/static/console.js" defer></script></head>
+            <body>\(header ?? "<main><h1>\(escape(title))</h1>")
             \(body)
-            </body></html>
+            \(header == nil ? "</main>" : "")</body></html>
             """
         var headers = HTTPFields()
         headers.append(HTTPField(name: .contentType, value: "text/html; charset=utf-8"))

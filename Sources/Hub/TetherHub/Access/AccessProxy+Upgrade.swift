@@ -135,7 +135,7 @@ extension AccessProxy {
             apiGroup: info.apiGroup ?? "", groups: session.groups,
             annotations: ["tether.dev/cluster": clusterName, "tether.dev/session": session.id, "tether.dev/latency-ms": "\(ms)",
                           "tether.dev/response-bytes": "\(down)", "tether.dev/request-bytes": "\(up)", "tether.dev/proxied": "true",
-                          "tether.dev/upgrade": upgrade]))
+                          "tether.dev/upgrade": upgrade, "tether.dev/grants": admitted.grants.summary.joined(separator: ", ")]))
     }
 
     /// A refusal at the hub, as a Kubernetes `Status` (kubectl prints it as it

@@ -66,6 +66,7 @@ enum AccessProxy {
             return try AdminServer.json(try await reachableClusters(for: session, core: core))
         }
         addSignInRoutes(to: router, core: core)
+        Console.addRoutes(to: router, core: core)
         for method in methods {
             for path: RouterPath in ["/clusters/:cluster/**", "/clusters/:cluster"] {
                 router.on(path, method: method) { request, context -> Response in
@@ -249,7 +250,8 @@ enum AccessProxy {
                 message: "\(method) \(path) on cluster \(cluster): \(outcome)", namespace: info.namespace, apiGroup: info.apiGroup ?? "",
                 groups: session.groups,
                 annotations: ["tether.dev/cluster": cluster.rawValue, "tether.dev/session": session.id, "tether.dev/latency-ms": "\(ms)",
-                              "tether.dev/response-bytes": "\(bytes)", "tether.dev/proxied": "true"]))
+                              "tether.dev/response-bytes": "\(bytes)", "tether.dev/proxied": "true",
+                              "tether.dev/grants": grants.summary.joined(separator: ", ")]))
         })
     }
 }

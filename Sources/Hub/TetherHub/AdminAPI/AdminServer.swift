@@ -33,6 +33,12 @@ enum AdminServer {
         addAuditRoutes(to: v1, core: core)
         addPolicyRoutes(to: v1, core: core)
         addAccessRoutes(to: v1, core: core)
+        v1.get("report") { request, _ -> Response in
+            let params = request.uri.queryParameters
+            let since = try ReportPeriod.start(params["since"].map(String.init), now: core.clock.now())
+            let until = try params["until"].map(String.init).flatMap { $0.isEmpty ? nil : try ReportPeriod.time($0, "until") }
+            return try json(try await core.complianceReport(since: since, until: until))
+        }
         v1.post("clusters") { request, context -> Response in
             let body = try await request.decode(as: AddClusterRequest.self, context: context)
             let record = try await core.addCluster(try ClusterName(body.name), labels: body.labels ?? [:])

@@ -39,6 +39,8 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 core.registry.unregister(cluster, id: id)
                 // Last seen at disconnect: in the next presence batch.
                 core.presence.saw(cluster, agentVersion: session.agentVersion, at: core.clock.now())
+                let action = Self.channelAction("disconnect", cluster)
+                Task { await core.auditAfterResponse(action) }
             }
         }
         do {
@@ -68,6 +70,11 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
             logger.info("agent disconnected", metadata: ["reason": "\((error as? RPCError)?.message ?? "\(error)")"])
             throw error
         }
+    }
+
+    /// The audit record of a channel opening or closing (not waited for).
+    static func channelAction(_ verb: String, _ cluster: ClusterName) -> HubAction {
+        HubAction(verb: verb, resource: "agentchannels", name: cluster.rawValue, user: "agent:\(cluster)", code: 200, sourceIP: nil)
     }
 
     private func readMessages(
@@ -108,6 +115,9 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 guard try await core.database.standing(ofCertificate: serial) == .active else {
                     throw TetherError(.clusterRevoked, "the certificate for cluster '\(cluster)' was revoked").rpcError
                 }
+                // Opening and closing are in the audit log: the compliance report's
+                // offline periods come from them.
+                await core.auditAfterResponse(Self.channelAction("connect", cluster))
                 logger.info("agent connected", metadata: ["agentVersion": "\(agentVersion)"])
                 var welcome = Tether_V1_Welcome()
                 welcome.protocolVersion = ProtocolVersion.current

@@ -144,6 +144,14 @@ enum Kubeconfig {
         ]
     }
 
+    /// The same with the credential itself as the user's token (the console's
+    /// download: kubectl uses it at once, no CLI needed; it ends with the session).
+    static func document(for file: SessionFile, clusters: [String], token: String) -> [String: Any] {
+        var document = document(for: file, clusters: clusters, plugin: Plugin(command: "", arguments: []))
+        document["users"] = [["name": userName(file), "user": ["token": token]]]
+        return document
+    }
+
     /// `fresh`'s entries added to the kubeconfig at `path`: entries named as Tether's
     /// (tether-*) are replaced, every other entry and setting is kept as it was.
     static func merge(_ fresh: [String: Any], into path: String) throws -> [String: Any] {

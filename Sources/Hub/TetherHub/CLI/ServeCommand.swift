@@ -81,6 +81,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Flag(help: "Accept a second factor the provider reports in the ID token's amr claim (mfa, otp, hwk, ...) instead of asking for the hub's TOTP code.")
     var oidcTrustAmr = false
 
+    @Option(help: ArgumentHelp("People in this group (from the identity provider, or a session's --group) see the console's admin pages and the compliance report.",
+                               valueName: "group"))
+    var adminGroup = HubSettings.defaultAdminGroup
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
@@ -108,6 +112,8 @@ struct ServeCommand: AsyncParsableCommand {
         config.certificateLifetime = try DurationParser.parse(certificateLifetime)
         config.heartbeatInterval = try DurationParser.parse(heartbeatInterval)
         config.auditRetention = try DurationParser.parse(auditRetention)
+        guard !adminGroup.trimmingCharacters(in: .whitespaces).isEmpty else { throw ValidationError("--admin-group must name a group") }
+        config.adminGroup = adminGroup
         if let issuer = oidcIssuer {
             guard let clientID = oidcClientId else { throw ValidationError("--oidc-issuer needs --oidc-client-id") }
             var oidc = OIDCSettings(issuer: issuer, clientID: clientID)

@@ -16,7 +16,7 @@ package struct TetherHubCommand: AsyncParsableCommand {
             """,
         version: TetherVersion.current,
         subcommands: [ServeCommand.self, ClusterCommand.self, TokenCommand.self, PolicyCommand.self, AccessCommand.self, SessionCommand.self, UserCommand.self,
-                      LoginCommand.self, LogoutCommand.self, WhoAmICommand.self, KubeconfigCommand.self, CredentialCommand.self, AuditCommand.self, BackupCommand.self, RestoreCommand.self]
+                      LoginCommand.self, LogoutCommand.self, WhoAmICommand.self, KubeconfigCommand.self, CredentialCommand.self, AuditCommand.self, ReportCommand.self, BackupCommand.self, RestoreCommand.self]
     )
 }
 

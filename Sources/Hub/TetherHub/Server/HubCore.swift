@@ -15,6 +15,9 @@ struct HubSettings: Sendable {
     /// The host join strings tell agents to dial (the first `--advertise` name);
     /// the port is the agent listener's bound port.
     var joinHost: String
+    /// The group whose members see the console's admin pages (`serve --admin-group`).
+    var adminGroup = HubSettings.defaultAdminGroup
+    static let defaultAdminGroup = "tether-admins"
     static let defaultTokenTTL: Duration = .seconds(24 * 3600)
     static let maxTokenTTL: Duration = .seconds(7 * 24 * 3600)
 }

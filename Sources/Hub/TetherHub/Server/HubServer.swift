@@ -21,6 +21,8 @@ struct HubConfiguration: Sendable {
     var accessTLSKey: String?
     /// Sign-in through the company's identity provider (nil: none).
     var oidc: OIDCSettings?
+    /// Members of this group see the console's admin pages and the report.
+    var adminGroup = HubSettings.defaultAdminGroup
     /// How often agents are told the live sessions (they delete other sessions' accounts).
     var sessionSweepInterval: Duration = .seconds(60)
     /// How often each connected cluster's API server is probed through its agent.
@@ -64,7 +66,8 @@ final class HubServer: Sendable {
         let settings = HubSettings(
             certificateLifetime: configuration.certificateLifetime,
             heartbeatInterval: configuration.heartbeatInterval,
-            joinHost: configuration.advertise[0])
+            joinHost: configuration.advertise[0],
+            adminGroup: configuration.adminGroup)
         let core = HubCore(database: database, ca: directory.ca, settings: settings, clock: clock, metrics: HubMetrics(), logger: logger,
                            sessionKey: directory.sessionKey, otpKey: directory.otpKey,
                            oidc: try configuration.oidc.map { try OIDCProvider(settings: $0, logger: logger) })
