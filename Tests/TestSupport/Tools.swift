@@ -32,6 +32,31 @@ public enum Tools {
         return (python, root.appendingPathComponent("Tests/oidc/provider.py").path)
     }
 
+    /// The console's browser driver (Tests/browser/console.py) with the test
+    /// virtualenv's Python and selenium, Debian's chromium and chromium-driver
+    /// (`scripts/install-deps --tests` installs all of them).
+    public static func browser() throws -> (python: String, script: String) {
+        let root = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
+        let python = root.appendingPathComponent(".build-venv/bin/python").path
+        // selenium itself: the script says so at once if it cannot import it.
+        guard FileManager.default.isExecutableFile(atPath: python) else {
+            throw NotFound(what: "no test virtualenv at \(root.path)/.build-venv: run scripts/install-deps --tests")
+        }
+        for program in ["/usr/bin/chromium", "/usr/bin/chromedriver"] where !FileManager.default.isExecutableFile(atPath: program) {
+            throw NotFound(what: "\(program) is missing: run scripts/install-deps --tests (Debian's chromium and chromium-driver)")
+        }
+        return (python, root.appendingPathComponent("Tests/browser/console.py").path)
+    }
+
+    /// Where tests leave what a person would look at afterwards (screenshots):
+    /// `.build/artifacts/NAME`, created.
+    public static func artifacts(_ name: String) throws -> String {
+        let root = Fixtures.root.deletingLastPathComponent().deletingLastPathComponent()
+        let dir = root.appendingPathComponent(".build/artifacts/\(name)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
     /// A program the tests need is missing.
     public struct NotFound: Error, CustomStringConvertible {
         public let what: String

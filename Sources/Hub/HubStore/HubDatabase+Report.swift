@@ -75,6 +75,8 @@ extension HubDatabase {
         let to = AuditTime.format(until)
         return try await writer.read { db in
             var facts = ReportFacts()
+            // SQLite (3.40) matches a path's key against the key as written: these
+            // annotations are written by the hub and the agent with '/' unescaped.
             let annotation = { (key: String) in "json_extract(CAST(event AS TEXT), '$.annotations.\"tether.dev/\(key)\"')" }
             // Every proxied request is one hub event with its cluster, session and grants as annotations.
             let proxied = """

@@ -25,7 +25,6 @@ enum Console {
     static func addRoutes(to router: Router<BasicRequestContext>, core: HubCore) {
         router.get("/console/static/console.css") { _, _ in asset(ConsoleAssets.css, type: "text/css; charset=utf-8") }
         router.get("/console/static/console.js") { _, _ in asset(ConsoleAssets.script, type: "text/javascript; charset=utf-8") }
-        router.get("/console") { _, _ in Response(status: .found, headers: [.location: "/console/"]) }
 
         page(router, "/console/", core: core) { request, viewer in try await clusters(request, viewer, core: core) }
         router.get("/console/clusters/:cluster/kubeconfig") { request, context -> Response in
@@ -108,7 +107,8 @@ enum Console {
                 let (title, body) = try await build(request, viewer)
                 return render(title, body, viewer, section: section(of: request.uri.path), core: core)
             } catch let error as TetherError {
-                return render("Error", "<p class=\"error\">\(error.message)</p>", viewer, status: .init(code: KubeStatus.parts(for: error).code), core: core)
+                let title = error.code == .permissionDenied ? "Forbidden" : error.code == .notFound ? "Not found" : "Error"
+                return render(title, "<p class=\"error\">\(error.message)</p>", viewer, status: .init(code: KubeStatus.parts(for: error).code), core: core)
             }
         }
     }
