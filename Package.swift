@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "tether-bench-audit", targets: ["AuditBenchmark"]),
         .executable(name: "tether-bench-fanout", targets: ["FanoutBenchmark"]),
         .executable(name: "tether-bench-access", targets: ["AccessBenchmark"]),
+        .executable(name: "tether-bench-report", targets: ["ReportBenchmark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
@@ -140,6 +141,11 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             path: "Benchmarks/AccessBenchmark"
+        ),
+        .executableTarget(
+            name: "ReportBenchmark",
+            dependencies: ["Shared", "HubStore"],
+            path: "Benchmarks/ReportBenchmark"
         ),
         .target(
             name: "TestSupport",

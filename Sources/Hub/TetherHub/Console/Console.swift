@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import HubStore
 import NIOCore
+import ServiceLifecycle
 import Shared
 import Yams
 
@@ -390,7 +391,8 @@ enum Console {
             // An hour at most; the browser's EventSource reconnects where it left off.
             let deadline = ContinuousClock.now + .seconds(3600)
             try await writer.write(ByteBuffer(string: "retry: 2000\n: tail of the hub's audit log\n\n"))
-            while ContinuousClock.now < deadline, !Task.isCancelled {
+            // Ends at the hub's graceful shutdown too, which would otherwise wait for it.
+            while ContinuousClock.now < deadline, !Task.isCancelled, !Task.isShuttingDownGracefully {
                 let events = try await core.database.auditEvents(page)
                 if let last = events.last {
                     var chunk = ByteBuffer()
