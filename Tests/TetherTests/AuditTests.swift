@@ -292,6 +292,17 @@ import X509
             // webhook accepts again.
             try await eventually("spool drained") { agent.runtime.spool.acknowledged == UInt64(accepted) }
             try await eventually("the webhook accepts again") { try await webhook.post(try Self.eventList(from: template, count: 20)).0 == 200 }
+            // The refusals are in the stream itself, ahead of that batch: the hub's report shows them.
+            let exposition = agent.runtime.metrics.exposition()
+            let line = try #require(exposition.split(separator: "\n").first { $0.hasPrefix(#"tether_agent_audit_batches_rejected_total{reason="spool-full"}"#) })
+            let refusedTotal = try #require(Int(line.split(separator: " ").last ?? ""))
+            #expect(refusedTotal >= 3)
+            try await eventually("the spool-refused marker stored") {
+                try await restarted.core.database.auditEvents(AuditQuery(cluster: "prod-eu", verb: spoolRefusedVerb)).count == 1
+            }
+            let report = try await restarted.core.complianceReport(since: Date().addingTimeInterval(-3600))
+            #expect(report.audit.clusters.first { $0.cluster == "prod-eu" }?.spoolRefused == refusedTotal)
+            #expect(report.checklist.first { $0.cluster == "prod-eu" }?.checks.last?.detail.contains("refused \(refusedTotal) webhook batches") == true)
         }
         try await agent.stop()
         try await hub.value?.stop()

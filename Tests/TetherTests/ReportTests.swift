@@ -131,6 +131,8 @@ import Testing
         #expect(report.policy.bundles == [.init(name: "guard", clusters: 2, inSync: 0, pending: 2, failed: 0, drifted: 1, failures: [])])
         #expect(report.policy.driftEvents == 2)
         #expect(report.policy.medianRepairSeconds == 0.12 && report.policy.maxRepairSeconds == 0.12)
+        #expect(HubDatabase.repairSeconds("reverted a change made in the cluster (repaired in 7 ms)") == 0.007)
+        #expect(HubDatabase.repairSeconds("reverted a change made in the cluster") == nil)
 
         // Audit completeness.
         #expect(report.audit.chain.intact)
