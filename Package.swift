@@ -115,6 +115,7 @@ let package = Package(
         .executableTarget(
             name: "AuditBenchmark",
             dependencies: [
+                "BenchSupport",
                 "Shared", "CZlib",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -124,6 +125,7 @@ let package = Package(
         .executableTarget(
             name: "FanoutBenchmark",
             dependencies: [
+                "BenchSupport",
                 "Shared", "TetherAgent",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
@@ -135,6 +137,7 @@ let package = Package(
         .executableTarget(
             name: "AccessBenchmark",
             dependencies: [
+                "BenchSupport",
                 "Shared", "KubeEmulator",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -142,9 +145,14 @@ let package = Package(
             ],
             path: "Benchmarks/AccessBenchmark"
         ),
+        .target(
+            name: "BenchSupport",
+            dependencies: ["Shared"],
+            path: "Benchmarks/BenchSupport"
+        ),
         .executableTarget(
             name: "ReportBenchmark",
-            dependencies: ["Shared", "HubStore"],
+            dependencies: ["BenchSupport", "Shared", "HubStore"],
             path: "Benchmarks/ReportBenchmark"
         ),
         .target(

@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import BenchSupport
 import Foundation
 import KubeEmulator
 import NIOCore
@@ -229,11 +230,6 @@ struct Hub {
         guard let hub = created["hub"] as? String, let credential = created["credential"] as? String else { throw BenchError("no session: \(created)") }
         return Person(hub: hub, credential: credential, ca: created["caCertificate"] as? String ?? "")
     }
-}
-
-struct BenchError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
 }
 
 func say(_ line: String) {

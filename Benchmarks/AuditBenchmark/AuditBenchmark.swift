@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import CZlib
+import BenchSupport
 import Foundation
 import NIOCore
 import NIOSSL
@@ -264,45 +265,5 @@ struct AuditBenchmark {
         p.waitUntilExit()
         guard p.terminationStatus == 0 else { throw BenchError("\(exe) \(args) failed") }
         return String(decoding: data, as: UTF8.self)
-    }
-}
-
-struct BenchError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
-
-/// A child process whose log lines can be awaited.
-final class Child: Sendable {
-    let process: Process
-    let output = Locked("")
-    var pid: Int32 { process.processIdentifier }
-
-    init(_ exe: String, _ args: [String]) throws {
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = args
-        let pipe = Pipe()
-        process.standardError = pipe
-        process.standardOutput = pipe
-        let output = self.output
-        pipe.fileHandleForReading.readabilityHandler = { h in
-            let d = h.availableData
-            if !d.isEmpty { output.withLock { $0 += String(decoding: d, as: UTF8.self) } }
-        }
-        try process.run()
-    }
-
-    func waitFor(_ marker: String) async throws -> String {
-        let deadline = ContinuousClock.now + .seconds(60)
-        while ContinuousClock.now < deadline {
-            if let line = output.value.split(separator: "\n").first(where: { $0.contains(marker) }) { return String(line) }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        throw BenchError("timed out waiting for '\(marker)':\n\(output.value)")
-    }
-
-    func kill() {
-        if process.isRunning { Foundation.kill(process.processIdentifier, SIGTERM) }
     }
 }

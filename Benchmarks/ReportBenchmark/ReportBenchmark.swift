@@ -1,3 +1,4 @@
+import BenchSupport
 import Foundation
 import HubStore
 import Shared
@@ -206,50 +207,5 @@ struct ReportBenchmark {
         guard p.terminationStatus == 0 else { throw BenchError("\(exe) \(args.joined(separator: " ")) failed: \(text)") }
         // The CLI's last line: what it wrote and the figures.
         return text.split(separator: "\n").last.map(String.init) ?? ""
-    }
-}
-
-struct BenchError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
-
-/// A child process whose log lines can be awaited.
-final class Child: Sendable {
-    let process: Process
-    let output = Locked("")
-
-    init(_ exe: String, _ args: [String]) throws {
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: exe)
-        process.arguments = args
-        let pipe = Pipe()
-        process.standardError = pipe
-        process.standardOutput = pipe
-        let output = self.output
-        pipe.fileHandleForReading.readabilityHandler = { h in
-            let d = h.availableData
-            if !d.isEmpty { output.withLock { $0 += String(decoding: d, as: UTF8.self) } }
-        }
-        try process.run()
-    }
-
-    func waitFor(_ marker: String) async throws -> String {
-        let deadline = ContinuousClock.now + .seconds(60)
-        while ContinuousClock.now < deadline {
-            if let line = output.value.split(separator: "\n").first(where: { $0.contains(marker) }) { return String(line) }
-            try await Task.sleep(for: .milliseconds(20))
-        }
-        throw BenchError("timed out waiting for '\(marker)':\n\(output.value)")
-    }
-
-    /// SIGTERM, then waits for the exit (the database closed).
-    func stop() async {
-        kill()
-        while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
-    }
-
-    func kill() {
-        if process.isRunning { Foundation.kill(process.processIdentifier, SIGTERM) }
     }
 }

@@ -17,15 +17,7 @@ import Yams
         defer { Task { try? await hub.stop() } }
         _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
         _ = try await hub.core.addCluster(ClusterName("dev"), labels: ["env": "dev"])
-        try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: """
-            apiVersion: tether.dev/v1
-            kind: AccessRole
-            metadata: {name: prod-view}
-            spec:
-              subjects: [{kind: Group, name: developers}]
-              clusterSelector: {matchLabels: {env: prod}}
-              clusterRoles: [view]
-            """, file: "roles.yaml"))
+        try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: EmulatedCluster.prodView, file: "roles.yaml"))
         let endpoint = try #require(await hub.core.accessEndpoint.value)
         let (session, credential, _) = try await hub.core.createSession(user: "alice", groups: ["developers"], ttl: nil)
         let sessionFile = dir.sub("session.json")

@@ -55,16 +55,6 @@ import Testing
         }
     }
 
-    static let roles = """
-        apiVersion: tether.dev/v1
-        kind: AccessRole
-        metadata: {name: prod-view}
-        spec:
-          subjects: [{kind: Group, name: developers}]
-          clusterSelector: {matchLabels: {env: prod}}
-          clusterRoles: [view]
-        """
-
     func accounts(_ emulator: KubeEmulator, of user: String) -> [String] {
         emulator.objects(.serviceAccounts, namespace: "default").filter { $0[path: ["metadata", "annotations", "tether.dev/user"]]?.string == user }
             .compactMap { $0[path: ["metadata", "name"]]?.string }
@@ -76,7 +66,7 @@ import Testing
         let provider = try await OIDCTestProvider.start()
         var oidc = OIDCSettings(issuer: provider.issuer, clientID: "tether")
         oidc.clientSecret = "tether-test-secret"
-        let cluster = try await EmulatedCluster.start(dir, roles: Self.roles, oidc: oidc)
+        let cluster = try await EmulatedCluster.start(dir, roles: EmulatedCluster.prodView, oidc: oidc)
         try await provider.setUser("bob", claims: ["email": "bob@example.com", "groups": ["developers"]])
         try await provider.setUser("ada", claims: ["email": "ada@example.com", "groups": ["developers", HubSettings.defaultAdminGroup]])
         let browser = try await Browser(hub: cluster.endpoint.url, downloads: dir.sub("downloads"))

@@ -144,15 +144,7 @@ import Testing
 
     @Test func theKubeconfigDownloadCarriesTheSessionForOneCluster() async throws {
         try await Fixture.with { fixture in
-            try await fixture.hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: """
-                apiVersion: tether.dev/v1
-                kind: AccessRole
-                metadata: {name: prod-view}
-                spec:
-                  subjects: [{kind: Group, name: developers}]
-                  clusterSelector: {matchLabels: {env: prod}}
-                  clusterRoles: [view]
-                """, file: "roles.yaml"))
+            try await fixture.hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: EmulatedCluster.prodView, file: "roles.yaml"))
             let answer = try await fixture.get("/console/clusters/prod-eu/kubeconfig", as: fixture.person)
             #expect(answer.status == 200)
             #expect(answer.headers.contains { $0.0.lowercased() == "content-disposition" && $0.1.contains("tether-prod-eu.kubeconfig") })

@@ -128,6 +128,18 @@ final class TestAgent: Sendable {
 /// An emulated cluster `prod-eu` (label `env=prod`) whose agent is connected to a
 /// hub, with AccessRoles applied: what the access and sign-in tests stand on.
 struct EmulatedCluster {
+    /// The AccessRole most access tests start from: group `developers` gets `view`
+    /// on every `env=prod` cluster.
+    static let prodView = """
+        apiVersion: tether.dev/v1
+        kind: AccessRole
+        metadata: {name: prod-view}
+        spec:
+          subjects: [{kind: Group, name: developers}]
+          clusterSelector: {matchLabels: {env: prod}}
+          clusterRoles: [view]
+        """
+
     let emulator: KubeEmulator
     let hub: TestHub
     let agent: AgentRuntime

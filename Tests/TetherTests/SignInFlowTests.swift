@@ -32,15 +32,7 @@ import Testing
             var oidc = OIDCSettings(issuer: provider.issuer, clientID: "tether")
             oidc.clientSecret = "tether-test-secret"
             oidc.trustAMR = trustAMR
-            let cluster = try await EmulatedCluster.start(dir, roles: """
-                apiVersion: tether.dev/v1
-                kind: AccessRole
-                metadata: {name: prod-view}
-                spec:
-                  subjects: [{kind: Group, name: developers}]
-                  clusterSelector: {matchLabels: {env: prod}}
-                  clusterRoles: [view]
-                """, oidc: oidc)
+            let cluster = try await EmulatedCluster.start(dir, roles: EmulatedCluster.prodView, oidc: oidc)
             let caFile = dir.sub("hub-ca.pem")
             try (cluster.endpoint.caCertificate ?? "").write(toFile: caFile, atomically: true, encoding: .utf8)
             return Fixture(dir: dir, provider: provider, cluster: cluster, caFile: caFile, ownsProvider: owned)
