@@ -19,7 +19,8 @@ struct ReportBenchmark {
         var args = CommandLine.arguments.dropFirst()
         while let key = args.popFirst() {
             guard key.hasPrefix("--"), let value = args.popFirst() else {
-                print("usage: tether-bench-report [--events N] [--clusters N] [--people N] [--runs N] [--bin DIR]")
+                print("usage: tether-bench-report [--events N] [--clusters N] [--people N] [--runs N] [--bin DIR] [--keep DIR]")
+                print("  --keep DIR: seed the history into DIR and keep it; a later run with the same DIR reuses it")
                 exit(2)
             }
             options[String(key.dropFirst(2))] = value
@@ -29,24 +30,37 @@ struct ReportBenchmark {
         let people = Int(options["people"] ?? "200")!
         let runs = Int(options["runs"] ?? "3")!
         let bin = options["bin"] ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("tether-bench-report-\(getpid())").path
+        let keep = options["keep"]
+        let work = keep ?? FileManager.default.temporaryDirectory.appendingPathComponent("tether-bench-report-\(getpid())").path
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: work) }
+        defer { if keep == nil { try? FileManager.default.removeItem(atPath: work) } }
         let dataDir = work + "/hub"
+        let reuse = keep != nil && FileManager.default.fileExists(atPath: dataDir + "/seeded.json")
         let serve = ["serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--access-listen", "none",
                      "--advertise", "127.0.0.1"]
 
-        // A first start makes the data dir (CA, keys, database); the history goes in while it is stopped.
-        let first = try Child(bin + "/tether-hub", serve + ["--log-level", "notice"])
-        _ = try await first.waitFor("hub ready")
-        await first.stop()
+        let seeded: (cluster: Int, hub: Int)
+        if reuse, let data = FileManager.default.contents(atPath: dataDir + "/seeded.json"),
+           let counts = try JSONSerialization.jsonObject(with: data) as? [String: Int] {
+            seeded = (counts["cluster"] ?? 0, counts["hub"] ?? 0)
+            print("reusing the history seeded in \(dataDir): \(seeded.cluster + seeded.hub) audit events")
+        } else {
+            // A first start makes the data dir (CA, keys, database); the history goes in while it is stopped.
+            let first = try Child(bin + "/tether-hub", serve + ["--log-level", "notice"])
+            _ = try await first.waitFor("hub ready")
+            await first.stop()
 
-        let seeding = ContinuousClock.now
-        let seeded = try await seed(database: HubDatabase(path: dataDir + "/hub.db"), events: totalEvents, clusters: clusters, people: people)
-        let seedSeconds = (ContinuousClock.now - seeding).seconds
-        let dbBytes = (try? FileManager.default.attributesOfItem(atPath: dataDir + "/hub.db")[.size] as? Int) ?? 0
-        print(String(format: "seeded: %d clusters, %d people, %d audit events (%d from clusters, %d hub), database %.0f MiB, in %.1f s",
-                     clusters, people, seeded.cluster + seeded.hub, seeded.cluster, seeded.hub, Double(dbBytes) / 1_048_576, seedSeconds))
+            let seeding = ContinuousClock.now
+            let counts = try await seed(database: HubDatabase(path: dataDir + "/hub.db"), events: totalEvents, clusters: clusters, people: people)
+            let seedSeconds = (ContinuousClock.now - seeding).seconds
+            let dbBytes = (try? FileManager.default.attributesOfItem(atPath: dataDir + "/hub.db")[.size] as? Int) ?? 0
+            print(String(format: "seeded: %d clusters, %d people, %d audit events (%d from clusters, %d hub), database %.0f MiB, in %.1f s",
+                         clusters, people, counts.cluster + counts.hub, counts.cluster, counts.hub, Double(dbBytes) / 1_048_576, seedSeconds))
+            seeded = counts
+            if keep != nil {
+                try JSONSerialization.data(withJSONObject: ["cluster": counts.cluster, "hub": counts.hub]).write(to: URL(fileURLWithPath: dataDir + "/seeded.json"))
+            }
+        }
 
         let hub = try Child(bin + "/tether-hub", serve + ["--log-level", "notice"])
         defer { hub.kill() }
@@ -65,6 +79,14 @@ struct ReportBenchmark {
                              summary.trimmingCharacters(in: .whitespacesAndNewlines).components(separatedBy: ": ").dropFirst().joined(separator: ": ")))
                 if format == "html" { html.append(seconds) } else { json.append(seconds) }
             }
+        }
+        // The hub's own account of each report: aggregates and chain check (they run side by side).
+        for line in hub.output.value.split(separator: "\n") where line.contains("compliance report built") {
+            let fields = ["aggregatesMs", "chainMs", "eventsVerified", "totalMs"].compactMap { key -> String? in
+                guard let range = line.range(of: "\(key)=") else { return nil }
+                return "\(key) " + line[range.upperBound...].prefix { $0 != " " }
+            }
+            print("hub: " + fields.joined(separator: ", "))
         }
         let median = { (values: [Double]) in values.sorted()[values.count / 2] }
         print(String(format: "report: 30 days, %d clusters, %d events: html median %.3f s (best %.3f), json median %.3f s (best %.3f); goal < 2 s",

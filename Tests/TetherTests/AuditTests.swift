@@ -416,6 +416,45 @@ import X509
         #expect(gone?.contains("batch 6") == true, "the batch after the deleted one no longer follows: \(gone ?? "nil")")
     }
 
+    /// The chain check hashes slices of batches side by side: it must agree with the
+    /// one-snapshot check on an intact log and find a change in any slice.
+    @Test(arguments: [2, 3, 5])
+    func slicedVerificationFindsAChangeInAnySlice(parallelism: Int) async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let path = dir.sub("hub.db")
+        let db = try HubDatabase(path: path)
+        var sequence: UInt64 = 1
+        for _ in 0..<3 {
+            for (_, body) in try Self.webhookFixtures() {
+                let events = try Self.items(body).map { try IndexedAuditEvent(raw: JSONSerialization.data(withJSONObject: $0)) }
+                _ = try await db.ingestAudit(cluster: "c", firstSequence: sequence, events: events, now: Date())
+                sequence += UInt64(events.count)
+            }
+        }
+        let whole = try await db.verifyAuditChainInOneSnapshot()
+        let sliced = try await db.verifyAuditChain(parallelism: parallelism)
+        #expect(whole.problem == nil && sliced.problem == nil)
+        #expect(sliced.batchesChecked == whole.batchesChecked && sliced.eventsChecked == whole.eventsChecked && whole.batchesChecked >= 6)
+        let batches = try await runCommand("/usr/bin/sqlite3", [path, "SELECT id FROM auditBatches WHERE eventCount > 0 ORDER BY id"]).stdout
+            .split(separator: "\n").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        // The first, a middle and the last batch: each in a different slice.
+        for batch in [batches.first!, batches[batches.count / 2], batches.last!] {
+            let copy = dir.sub("tampered-\(batch).db")
+            let copied = try await runCommand("/usr/bin/sqlite3", [path, "VACUUM INTO '\(copy)'"])
+            #expect(copied.status == 0, "\(copied.stderr)")
+            let changed = try await runCommand("/usr/bin/sqlite3", [copy, """
+                UPDATE auditEvents SET event = CAST(replace(CAST(event AS TEXT), '"', ' "') AS BLOB) \
+                WHERE id = (SELECT MAX(id) FROM auditEvents WHERE batch = \(batch)); SELECT changes();
+                """])
+            #expect(changed.status == 0 && changed.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "1", "\(changed)")
+            let tampered = try HubDatabase(path: copy)
+            let problem = try await tampered.verifyAuditChain(parallelism: parallelism).problem
+            #expect(problem?.contains("batch \(batch) ") == true && problem?.contains("changed") == true, "\(problem ?? "nil")")
+            #expect(problem == (try await tampered.verifyAuditChainInOneSnapshot().problem))
+        }
+    }
+
     @Test func retentionPrunesWholeBatchesAndVerificationStillHolds() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }

@@ -67,7 +67,8 @@ package struct ReportFacts: Sendable {
 }
 
 /// The verb of the marker event an agent writes when its spool refused audit batches.
-package let spoolRefusedVerb = "tether:spool-refused"
+package let spoolRefusedVerb = SpoolRefusalMarker.verb
+package let spoolRefusedUser = SpoolRefusalMarker.user
 
 extension HubDatabase {
     package func reportFacts(since: Date, until: Date) async throws -> ReportFacts {
@@ -84,20 +85,31 @@ extension HubDatabase {
                        \(annotation("session")) AS session, code, time
                 FROM auditEvents WHERE cluster = 'hub' AND time >= ? AND time < ? AND \(annotation("proxied")) = 'true'
                 """
+            // One pass over them: per person, cluster, grants and session, folded below
+            // into accesses (person, cluster, grants) and session uses (session, cluster).
+            var access: [String: ReportFacts.Access] = [:]
+            var uses: [String: ReportFacts.SessionUse] = [:]
             for row in try Row.fetchAll(db, sql: """
-                SELECT user, target, grants, COUNT(*) AS requests, SUM(code = 403) AS denied FROM (\(proxied))
-                GROUP BY user, target, grants ORDER BY user, target, grants
+                SELECT user, target, grants, session, COUNT(*) AS requests, SUM(code = 403) AS denied, MIN(time) AS firstAt, MAX(time) AS lastAt
+                FROM (\(proxied)) GROUP BY user, target, grants, session
                 """, arguments: [from, to]) {
-                facts.access.append(.init(user: row["user"] ?? "", cluster: row["target"] ?? "", grants: row["grants"],
-                                          requests: row["requests"], denied: row["denied"] ?? 0))
+                let user: String = row["user"] ?? "", cluster: String = row["target"] ?? "", grants: String = row["grants"]
+                let requests: Int = row["requests"], denied: Int = row["denied"] ?? 0
+                access["\(user)\u{0}\(cluster)\u{0}\(grants)", default: .init(user: user, cluster: cluster, grants: grants, requests: 0, denied: 0)]
+                    .requests += requests
+                access["\(user)\u{0}\(cluster)\u{0}\(grants)"]!.denied += denied
+                guard let session: String = row["session"], let first = AuditTime.parse(row["firstAt"]), let last = AuditTime.parse(row["lastAt"]) else { continue }
+                let key = "\(session)\u{0}\(cluster)"
+                if var use = uses[key] {
+                    use.firstAt = min(use.firstAt, first)
+                    use.lastAt = max(use.lastAt, last)
+                    uses[key] = use
+                } else {
+                    uses[key] = .init(session: session, user: user, cluster: cluster, firstAt: first, lastAt: last)
+                }
             }
-            for row in try Row.fetchAll(db, sql: """
-                SELECT session, user, target, MIN(time) AS firstAt, MAX(time) AS lastAt FROM (\(proxied))
-                WHERE session IS NOT NULL GROUP BY session, target ORDER BY firstAt
-                """, arguments: [from, to]) {
-                guard let first = AuditTime.parse(row["firstAt"]), let last = AuditTime.parse(row["lastAt"]) else { continue }
-                facts.sessionUses.append(.init(session: row["session"], user: row["user"] ?? "", cluster: row["target"] ?? "", firstAt: first, lastAt: last))
-            }
+            facts.access = access.values.sorted { ($0.user, $0.cluster, $0.grants) < ($1.user, $1.cluster, $1.grants) }
+            facts.sessionUses = uses.values.sorted { ($0.firstAt, $0.session, $0.cluster) < ($1.firstAt, $1.session, $1.cluster) }
             for row in try Row.fetchAll(db, sql: """
                 SELECT user, name, COUNT(*) AS n FROM auditEvents
                 WHERE cluster = 'hub' AND verb = 'connect' AND resource = 'clusters' AND code = 403 AND time >= ? AND time < ?
@@ -139,13 +151,14 @@ extension HubDatabase {
             }
             for row in try Row.fetchAll(db, sql: """
                 SELECT cluster, SUM(CAST(COALESCE(\(annotation("refused-batches")), '1') AS INTEGER)) AS n FROM auditEvents
-                WHERE verb = ? AND cluster != 'hub' AND time >= ? AND time < ? GROUP BY cluster
-                """, arguments: [spoolRefusedVerb, from, to]) {
+                WHERE user = ? AND verb = ? AND cluster != 'hub' AND time >= ? AND time < ? GROUP BY cluster
+                """, arguments: [spoolRefusedUser, spoolRefusedVerb, from, to]) {
                 facts.spoolRefusals[row["cluster"]] = row["n"]
             }
+            // Two ranges of the user index (below and above every "system:…" name), not a scan.
             for row in try Row.fetchAll(db, sql: """
                 SELECT DISTINCT cluster, user FROM auditEvents INDEXED BY auditEventsUserTime
-                WHERE user IS NOT NULL AND user NOT LIKE 'system:%' AND cluster != 'hub' AND time >= ? AND time < ?
+                WHERE (user < 'system:' OR user >= 'system;') AND cluster != 'hub' AND time >= ? AND time < ?
                 ORDER BY cluster, user
                 """, arguments: [from, to]) {
                 facts.standingUsers[row["cluster"], default: []].append(row["user"])

@@ -82,7 +82,7 @@ final class SpoolRefusals: Sendable {
             let format = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
             let event: [String: Any] = [
                 "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": UUID().uuidString.lowercased(),
-                "stage": "ResponseComplete", "verb": "tether:spool-refused", "user": ["username": "system:tether-agent"],
+                "stage": "ResponseComplete", "verb": SpoolRefusalMarker.verb, "user": ["username": SpoolRefusalMarker.user],
                 "responseStatus": ["code": 429], "requestReceivedTimestamp": since.formatted(format), "stageTimestamp": now.formatted(format),
                 "annotations": ["tether.dev/refused-batches": "\(batches)", "tether.dev/refused-since": since.formatted(format),
                                 "tether.dev/message": "the audit spool was full: \(batches) webhook batches answered 429"],
