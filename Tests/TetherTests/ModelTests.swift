@@ -95,3 +95,34 @@ import Testing
         }
     }
 }
+
+/// The hub's audit events are written by `CanonicalJSON`: what Foundation reads back
+/// must be exactly what went in, with keys in byte order and nothing escaped that
+/// need not be (the real API server's YAML 1.1 parser refuses `\/`).
+@Suite struct CanonicalJSONTests {
+    @Test func roundTripsThroughFoundationWithSortedKeys() throws {
+        let value: [String: Any] = [
+            "kind": "Event", "zeta": 1, "Alpha": -42, "user": ["username": "alice", "groups": ["dev", "ops"]],
+            "annotations": ["tether.dev/cluster": "prod-eu", "tether.dev/message": "GET /api/v1?watch=true \"quoted\" back\\slash\ttab\nline\u{1}\u{1f}"],
+            "unicode": "Zoë ☃ 🚀", "flags": [true, false], "nothing": NSNull(), "ratio": 0.25, "whole": 3.0, "empty": [String: Any](), "list": [Any](),
+        ]
+        let data = try CanonicalJSON.data(value)
+        let text = String(decoding: data, as: UTF8.self)
+        #expect(!text.contains("\\/"), "a slash is written as it is: \(text)")
+        #expect(text.hasPrefix(#"{"Alpha":-42,"annotations":{"tether.dev/cluster":"prod-eu","tether.dev/message":"GET /api/v1?watch=true \"quoted\" back\\slash\ttab\nline\u0001\u001f"},"empty":{},"flags":[true,false],"kind":"Event","list":[],"nothing":null,"ratio":0.25,"unicode":"Zoë ☃ 🚀","#), "\(text)")
+        let back = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let foundation = try JSONSerialization.data(withJSONObject: back, options: [.sortedKeys])
+        let again = try JSONSerialization.data(withJSONObject: try JSONSerialization.jsonObject(with: foundation), options: [.sortedKeys])
+        #expect(foundation == again)
+        #expect((back["annotations"] as? [String: String])?["tether.dev/message"] == (value["annotations"] as? [String: String])?["tether.dev/message"])
+        #expect((back["user"] as? [String: Any])?["groups"] as? [String] == ["dev", "ops"])
+        #expect(back["unicode"] as? String == "Zoë ☃ 🚀")
+        #expect(back["whole"] as? Int == 3 && back["zeta"] as? Int == 1 && back["Alpha"] as? Int == -42)
+        #expect(back["nothing"] is NSNull)
+    }
+
+    @Test func refusesWhatJSONCannotHold() {
+        #expect(throws: CanonicalJSON.UnsupportedValue.self) { try CanonicalJSON.data(["when": Date()]) }
+        #expect(throws: CanonicalJSON.UnsupportedValue.self) { try CanonicalJSON.data(["n": Double.nan]) }
+    }
+}

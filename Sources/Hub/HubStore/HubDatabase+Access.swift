@@ -71,7 +71,9 @@ extension HubDatabase {
     }
 
     package func session(_ id: String) async throws -> SessionRecord? {
-        try await writer.read { db in try Row.fetchOne(db, sql: "SELECT * FROM sessions WHERE id = ?", arguments: [id]).map(Self.session) }
+        try await sessionCache.value(id) {
+            try await writer.read { db in try Row.fetchOne(db, sql: "SELECT * FROM sessions WHERE id = ?", arguments: [id]).map(Self.session) }
+        }
     }
 
     /// Sessions newest first; ended ones (revoked or expired before `now`) only with `includeEnded`.

@@ -15,6 +15,10 @@ package final class HubDatabase: Sendable {
     let reports: GroupCommit<PolicyReport>
     /// The hub's own audit events, group-committed.
     let hubEvents: GroupCommit<HubEvent>
+    /// What the access path reads on every request, until its table changes.
+    let sessionCache = ReadCache<String, SessionRecord>(tables: ["sessions"])
+    let clusterCache = ReadCache<String, ClusterRecord>(tables: ["clusters"])
+    let standingCache = ReadCache<String, CertificateStanding>(tables: ["certificates"])
 
     /// Opens (creating on first use) the database at `path`. Refuses a file that is
     /// not a SQLite database, one that fails its integrity check, and one written by
@@ -60,6 +64,9 @@ package final class HubDatabase: Sendable {
             for report in reports { try Self.write(report, db) }
         }
         self.hubEvents = GroupCommit(writer: pool) { db, events in try Self.appendHub(events, db) }
+        pool.add(transactionObserver: sessionCache, extent: .databaseLifetime)
+        pool.add(transactionObserver: clusterCache, extent: .databaseLifetime)
+        pool.add(transactionObserver: standingCache, extent: .databaseLifetime)
     }
 
     /// Append-only: never edit a migration that has shipped; add a new one.
@@ -138,7 +145,7 @@ package final class HubDatabase: Sendable {
     }
 
     package func cluster(_ name: ClusterName) async throws -> ClusterRecord? {
-        try await writer.read { db in try ClusterRecord.fetchOne(db, key: name.rawValue) }
+        try await clusterCache.value(name.rawValue) { try await writer.read { db in try ClusterRecord.fetchOne(db, key: name.rawValue) } }
     }
 
     /// Revokes a cluster: its certificates and open tokens stop working at once.
@@ -270,17 +277,19 @@ package final class HubDatabase: Sendable {
     }
 
     /// Whether a certificate the CA issued may still be used.
-    package enum CertificateStanding: Equatable {
+    package enum CertificateStanding: Equatable, Sendable {
         case active
         case revoked
         case unknown
     }
 
     package func standing(ofCertificate serial: String) async throws -> CertificateStanding {
-        try await writer.read { db in
-            guard let cert = try CertificateRecord.fetchOne(db, key: serial) else { return .unknown }
-            return cert.revokedAt == nil ? .active : .revoked
-        }
+        try await standingCache.value(serial) {
+            try await writer.read { db in
+                guard let cert = try CertificateRecord.fetchOne(db, key: serial) else { return .unknown }
+                return cert.revokedAt == nil ? .active : .revoked
+            }
+        } ?? .unknown
     }
 
     package func certificates(of name: ClusterName) async throws -> [CertificateRecord] {

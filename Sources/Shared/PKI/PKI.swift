@@ -1,3 +1,4 @@
+import Synchronization
 import Crypto
 import Foundation
 import SwiftASN1
@@ -103,6 +104,18 @@ public enum PKI {
 
     /// Whether `certificate` was signed by `issuer` and names it as issuer.
     public static func isIssued(_ certificate: Certificate, by issuer: Certificate) -> Bool {
-        certificate.issuer == issuer.subject && issuer.publicKey.isValidSignature(certificate.signature, for: certificate)
+        guard certificate.issuer == issuer.subject else { return false }
+        // A signature that verified once verifies always: every tunnel RPC of an agent
+        // presents the same certificate, so the check is made once per certificate.
+        let pair = [certificate, issuer]
+        if verifiedSignatures.withLock({ $0.contains(pair) }) { return true }
+        guard issuer.publicKey.isValidSignature(certificate.signature, for: certificate) else { return false }
+        verifiedSignatures.withLock { memo in
+            if memo.count >= 10_000 { memo.removeAll(keepingCapacity: true) }
+            memo.insert(pair)
+        }
+        return true
     }
+
+    private static let verifiedSignatures = Mutex<Set<[Certificate]>>([])
 }

@@ -249,7 +249,7 @@ extension HubCore {
 
     /// The live session a credential names: signature, expiry and revocation checked.
     func authenticate(credential: String) async throws -> SessionRecord {
-        let checked = try SessionCredential.verify(credential, key: sessionKey)
+        let checked = try verifiedCredentials.verify(credential, key: sessionKey)
         let now = clock.now()
         guard let session = try await database.session(checked.claims.sid), session.user == checked.claims.sub else {
             throw TetherError(.unauthenticated, "the session credential is not valid; create a new session (tether-hub session create, or log in)")

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import HubStore
 import Shared
+import Synchronization
 
 /// A person's session credential: `tether-session.v1.PAYLOAD.MAC`, the payload
 /// (base64url JSON: session id, user, groups, method, issued and expiry times)
@@ -47,4 +48,25 @@ struct SessionCredential: Equatable, Sendable {
     }
 
     private init(claims: Claims) { self.claims = claims }
+}
+
+/// The credentials a hub has verified, so a person's every request is not another
+/// HMAC and JSON decode: the signature of a given text under the hub's one key
+/// verifies the same way each time. Expiry and revocation are still checked against
+/// the clock and the store on every request. Bounded: emptied when full.
+final class VerifiedCredentials: Sendable {
+    private let verified = Mutex<[String: SessionCredential]>([:])
+    private let limit: Int
+
+    init(limit: Int = 10_000) { self.limit = limit }
+
+    func verify(_ text: String, key: SymmetricKey) throws -> SessionCredential {
+        if let known = verified.withLock({ $0[text] }) { return known }
+        let credential = try SessionCredential.verify(text, key: key)
+        verified.withLock { table in
+            if table.count >= limit { table.removeAll(keepingCapacity: true) }
+            table[text] = credential
+        }
+        return credential
+    }
 }

@@ -185,8 +185,7 @@ extension HubCore {
         if let message = action.message { annotations["tether.dev/message"] = message }
         if !annotations.isEmpty { event["annotations"] = annotations }
         if let groups = action.groups { event["user"] = ["username": action.user, "groups": groups] }
-        let raw = try JSONSerialization.data(withJSONObject: event, options: [.sortedKeys, .withoutEscapingSlashes])
-        return try IndexedAuditEvent(raw: raw)
+        return try IndexedAuditEvent(raw: try CanonicalJSON.data(event))
     }
 }
 

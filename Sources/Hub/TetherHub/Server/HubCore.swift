@@ -61,6 +61,8 @@ final class HubCore: Sendable {
     let auditBacklog = AuditBacklog()
     /// The AccessRoles every proxied request is checked against.
     let accessRoleCache = AccessRoleCache()
+    /// Credentials whose signature this hub's session key verified, with their claims.
+    let verifiedCredentials = VerifiedCredentials()
 
     init(database: HubDatabase, ca: CertificateAuthority, settings: HubSettings, clock: HubClock, metrics: HubMetrics, logger: Logger,
          sessionKey: SymmetricKey = SymmetricKey(size: .bits256), otpKey: SymmetricKey = SymmetricKey(size: .bits256), oidc: OIDCProvider? = nil) {
