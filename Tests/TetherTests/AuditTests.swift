@@ -438,7 +438,7 @@ import X509
         #expect(sliced.batchesChecked == whole.batchesChecked && sliced.eventsChecked == whole.eventsChecked && whole.batchesChecked >= 6)
         let batches = try await runCommand("/usr/bin/sqlite3", [path, "SELECT id FROM auditBatches WHERE eventCount > 0 ORDER BY id"]).stdout
             .split(separator: "\n").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-        // The first, a middle and the last batch: each in a different slice.
+        // The first, a middle and the last batch: the first and the last slice at least.
         for batch in [batches.first!, batches[batches.count / 2], batches.last!] {
             let copy = dir.sub("tampered-\(batch).db")
             let copied = try await runCommand("/usr/bin/sqlite3", [path, "VACUUM INTO '\(copy)'"])

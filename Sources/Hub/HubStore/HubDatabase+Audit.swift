@@ -204,6 +204,27 @@ extension HubDatabase {
         }
 
         var range: String { "\(cluster) sequences \(firstSequence)-\(lastSequence)" }
+
+        static func all(_ db: Database) throws -> (anchor: Data, batches: [ChainBatch]) {
+            ((try Data.fetchOne(db, sql: "SELECT hash FROM auditChainAnchor WHERE id = 1")) ?? Data(count: 32),
+             try Row.fetchAll(db, sql: """
+                SELECT id, cluster, firstSequence, lastSequence, eventCount, firstEventID, lastEventID, previousHash, hash FROM auditBatches ORDER BY id
+                """).map(ChainBatch.init))
+        }
+
+        /// Hashes the batch's stored events (chained to its stored previous hash):
+        /// how many there are, and whether they match its hash.
+        func check(_ db: Database) throws -> (events: Int, matches: Bool) {
+            let statement = try db.cachedStatement(sql: "SELECT sequence, event FROM auditEvents WHERE id BETWEEN ? AND ? ORDER BY id")
+            var hasher = AuditChain.start(previous: previousHash, batch: id, cluster: cluster)
+            var count = 0
+            let rows = try Row.fetchCursor(statement, arguments: [firstEventID, lastEventID])
+            while let row = try rows.next() {
+                AuditChain.add(sequence: UInt64(row[0] as Int64), event: row.dataNoCopy(atIndex: 1) ?? Data(), to: &hasher)
+                count += 1
+            }
+            return (count, count == eventCount && Data(hasher.finalize()) == hash)
+        }
     }
 
     /// Recomputes the hash chain; returns the first problem found, or nil.
@@ -215,14 +236,10 @@ extension HubDatabase {
     /// prune running at the same moment could fake) is confirmed by the one-snapshot
     /// check before it is reported.
     package func verifyAuditChain(parallelism: Int = 2) async throws -> AuditChainReport {
-        let (anchor, batches) = try await writer.read { db in
-            ((try Data.fetchOne(db, sql: "SELECT hash FROM auditChainAnchor WHERE id = 1")) ?? Data(count: 32),
-             try Row.fetchAll(db, sql: "SELECT id, cluster, firstSequence, lastSequence, eventCount, firstEventID, lastEventID, previousHash, hash FROM auditBatches ORDER BY id").map(ChainBatch.init))
-        }
-        guard parallelism > 1, batches.count > 1 else { return try await verifyAuditChainInOneSnapshot() }
-        // Slices of about equal event counts.
+        let (anchor, batches) = try await writer.read { db in try ChainBatch.all(db) }
         let total = batches.reduce(0) { $0 + $1.eventCount }
-        guard total > 0 else { return try await verifyAuditChainInOneSnapshot() }
+        guard parallelism > 1, batches.count > 1, total > 0 else { return try await verifyAuditChainInOneSnapshot() }
+        // Contiguous slices of about equal event counts.
         var slices: [Range<Int>] = []
         var start = 0, sum = 0
         for (index, batch) in batches.enumerated() {
@@ -232,71 +249,43 @@ extension HubDatabase {
                 start = index + 1
             }
         }
-        // For each slice: the index of its first batch whose events do not match its hash, if any.
-        let mismatches = try await withThrowingTaskGroup(of: Int?.self) { group in
-            for slice in slices where !slice.isEmpty {
+        // The first batch (by index) whose events do not match its hash, in any slice.
+        let firstMismatch = try await withThrowingTaskGroup(of: Int?.self) { group in
+            for slice in slices {
                 group.addTask { [writer] in
-                    try await writer.read { db in
-                        let statement = try db.cachedStatement(sql: "SELECT sequence, event FROM auditEvents WHERE id BETWEEN ? AND ? ORDER BY id")
-                        for index in slice {
-                            let batch = batches[index]
-                            var hasher = AuditChain.start(previous: batch.previousHash, batch: batch.id, cluster: batch.cluster)
-                            var count = 0
-                            let rows = try Row.fetchCursor(statement, arguments: [batch.firstEventID, batch.lastEventID])
-                            while let row = try rows.next() {
-                                AuditChain.add(sequence: UInt64(row[0] as Int64), event: row.dataNoCopy(atIndex: 1) ?? Data(), to: &hasher)
-                                count += 1
-                            }
-                            if count != batch.eventCount || Data(hasher.finalize()) != batch.hash { return index }
-                        }
-                        return nil
-                    }
+                    try await writer.read { db in try slice.first { try !batches[$0].check(db).matches } }
                 }
             }
-            var found: [Int] = []
-            for try await mismatch in group { if let mismatch { found.append(mismatch) } }
-            return found
+            var first: Int?
+            for try await mismatch in group { if let mismatch { first = min(first ?? mismatch, mismatch) } }
+            return first
         }
         var previous = anchor
-        var events = 0
-        let firstMismatch = mismatches.min() ?? batches.count
         for (index, batch) in batches.enumerated() {
             if batch.previousHash != previous || index == firstMismatch { return try await verifyAuditChainInOneSnapshot() }
             previous = batch.hash
-            events += batch.eventCount
         }
-        return AuditChainReport(batchesChecked: batches.count, eventsChecked: events, problem: nil)
+        return AuditChainReport(batchesChecked: batches.count, eventsChecked: total, problem: nil)
     }
 
     /// The chain check in one read (one snapshot), batch after batch.
     package func verifyAuditChainInOneSnapshot() async throws -> AuditChainReport {
         try await writer.read { db in
-            var previous = (try Data.fetchOne(db, sql: "SELECT hash FROM auditChainAnchor WHERE id = 1")) ?? Data(count: 32)
+            let (anchor, batches) = try ChainBatch.all(db)
+            var previous = anchor
             var checked = 0
             var events = 0
-            let batches = try Row.fetchCursor(db, sql: "SELECT id, cluster, firstSequence, lastSequence, eventCount, firstEventID, lastEventID, previousHash, hash FROM auditBatches ORDER BY id")
-            while let batch = try batches.next() {
-                let id: Int64 = batch["id"]
-                let cluster: String = batch["cluster"]
-                let range = "\(cluster) sequences \(batch["firstSequence"] as Int64)-\(batch["lastSequence"] as Int64)"
-                guard (batch["previousHash"] as Data) == previous else {
+            for batch in batches {
+                guard batch.previousHash == previous else {
                     return AuditChainReport(batchesChecked: checked, eventsChecked: events,
-                        problem: "batch \(id) (\(range)) does not follow the batch before it: a batch was deleted, inserted or reordered before it")
+                        problem: "batch \(batch.id) (\(batch.range)) does not follow the batch before it: a batch was deleted, inserted or reordered before it")
                 }
-                var hasher = AuditChain.start(previous: previous, batch: id, cluster: cluster)
-                var count = 0
-                let rows = try Row.fetchCursor(db, sql: "SELECT sequence, event FROM auditEvents WHERE id BETWEEN ? AND ? ORDER BY id",
-                                               arguments: [batch["firstEventID"] as Int64, batch["lastEventID"] as Int64])
-                while let row = try rows.next() {
-                    AuditChain.add(sequence: UInt64(row["sequence"] as Int64), event: row["event"], to: &hasher)
-                    count += 1
-                }
-                let hash = Data(hasher.finalize())
-                guard count == (batch["eventCount"] as Int), hash == (batch["hash"] as Data) else {
+                let (count, matches) = try batch.check(db)
+                guard matches else {
                     return AuditChainReport(batchesChecked: checked, eventsChecked: events,
-                        problem: "batch \(id) (\(range)) was changed: its events do not match its hash (\(count) of \(batch["eventCount"] as Int) events present)")
+                        problem: "batch \(batch.id) (\(batch.range)) was changed: its events do not match its hash (\(count) of \(batch.eventCount) events present)")
                 }
-                previous = hash
+                previous = batch.hash
                 checked += 1
                 events += count
             }

@@ -95,9 +95,11 @@ extension HubDatabase {
                 """, arguments: [from, to]) {
                 let user: String = row["user"] ?? "", cluster: String = row["target"] ?? "", grants: String = row["grants"]
                 let requests: Int = row["requests"], denied: Int = row["denied"] ?? 0
-                access["\(user)\u{0}\(cluster)\u{0}\(grants)", default: .init(user: user, cluster: cluster, grants: grants, requests: 0, denied: 0)]
-                    .requests += requests
-                access["\(user)\u{0}\(cluster)\u{0}\(grants)"]!.denied += denied
+                let accessKey = "\(user)\u{0}\(cluster)\u{0}\(grants)"
+                var total = access[accessKey] ?? .init(user: user, cluster: cluster, grants: grants, requests: 0, denied: 0)
+                total.requests += requests
+                total.denied += denied
+                access[accessKey] = total
                 guard let session: String = row["session"], let first = AuditTime.parse(row["firstAt"]), let last = AuditTime.parse(row["lastAt"]) else { continue }
                 let key = "\(session)\u{0}\(cluster)"
                 if var use = uses[key] {
