@@ -16,7 +16,8 @@ import Shared
 /// Prints: added latency of a GET through hub, tunnel and agent against the same GET
 /// straight to the API server (p50/p99); requests per second through one agent with
 /// `--clients` concurrent clients; watch events per second through one tunnel;
-/// first-request latency (a new session: just-in-time account, bindings and token).
+/// first-request latency (a new session: just-in-time account, bindings and token);
+/// the agent's memory idle after connecting and after the load (anonymous and file-backed).
 @main
 struct AccessBenchmark {
     static func main() async throws {
@@ -78,6 +79,11 @@ struct AccessBenchmark {
             guard ContinuousClock.now < deadline else { throw BenchError("the agent did not connect within 60 s") }
             try await Task.sleep(for: .milliseconds(50))
         }
+
+        // The agent connected, enrolled and watching the API server, before any access:
+        // what an idle agent holds. (A benchmark pause, not a synchronisation.)
+        try await Task.sleep(for: .seconds(3))
+        let idleAgent = memorySummary(agent.processIdentifier)
 
         let person = try await hub.session("alice")
         var tls = TLSConfiguration.makeClientConfiguration()
@@ -156,6 +162,8 @@ struct AccessBenchmark {
         first.sort()
         say(String(format: "  first request of a new session (just-in-time account, bindings, token), %d sessions: p50 %.1f ms, p99 %.1f ms, max %.1f ms",
                    sessions, pct(first, 0.5), pct(first, 0.99), first.last ?? 0))
+        say("  agent memory idle after connecting: " + idleAgent)
+        say("  agent memory after the load above: " + memorySummary(agent.processIdentifier))
         try await client.shutdown()
         await emulator.stop()
     }

@@ -49,3 +49,21 @@ public final class Child: Sendable {
         if process.isRunning { Foundation.kill(process.processIdentifier, SIGTERM) }
     }
 }
+
+/// One `kB` field of /proc/PID/status (`VmRSS:`, `VmHWM:`, `RssAnon:`, `RssFile:`), in KiB; 0 when absent.
+public func readStatus(_ pid: Int32, _ field: String) -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix(field) })
+    else { return 0 }
+    return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+}
+
+/// A process's resident memory split the way it matters for a pod: anonymous
+/// (heap, stacks: what the process itself allocated) and file-backed (mapped
+/// code and read-only data of the binary and shared libraries, clean pages the
+/// kernel can drop and re-read, shared with other processes using the same files).
+public func memorySummary(_ pid: Int32) -> String {
+    let mib = { (field: String) in Double(readStatus(pid, field)) / 1024 }
+    return String(format: "RSS %.1f MiB (anonymous %.1f MiB, file-backed code and data %.1f MiB), peak %.1f MiB",
+                  mib("VmRSS:"), mib("RssAnon:"), mib("RssFile:") + mib("RssShmem:"), mib("VmHWM:"))
+}

@@ -385,13 +385,6 @@ struct HubProcess {
     }
 }
 
-func readStatus(_ pid: Int32, _ field: String) -> Int {
-    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
-          let line = status.split(separator: "\n").first(where: { $0.hasPrefix(field) })
-    else { return 0 }
-    return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
-}
-
 func peakMemoryKiB(_ pid: Int32) -> Int { readStatus(pid, "VmHWM:") }
 
 /// User plus system CPU time of a process so far (from /proc/PID/stat).
