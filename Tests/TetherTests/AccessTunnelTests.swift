@@ -26,8 +26,8 @@ import Testing
         let endpoint: AccessEndpoint
         let kubeconfig: String
 
-        static func start(_ dir: TemporaryDirectory) async throws -> Fixture {
-            let cluster = try await EmulatedCluster.start(dir, roles: """
+        static func start(_ dir: TemporaryDirectory, spareTunnelIdle: Duration = .seconds(300)) async throws -> Fixture {
+            let cluster = try await EmulatedCluster.start(dir, spareTunnelIdle: spareTunnelIdle, roles: """
                 apiVersion: tether.dev/v1
                 kind: AccessRole
                 metadata: {name: prod-view}
@@ -191,6 +191,66 @@ import Testing
         _ = response
         try await client.shutdown()
         try await fixture.stop()
+    }
+
+    /// Spare tunnels: none while nobody uses the cluster; opened on a request, after
+    /// which a request rides one (no OpenTunnel asked); ended by the hub when unused
+    /// for their idle time and not replaced (the hub's probe opens none); gone with
+    /// the agent's channel.
+    @Test func requestsRideSpareTunnelsThatEndWhenIdle() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let fixture = try await Fixture.start(dir, spareTunnelIdle: .seconds(3))
+        let cluster = try ClusterName("prod-eu")
+        let (hub, agent) = (fixture.hub.core, fixture.agent)
+        func hubCounts() -> (spare: Int, asked: Int) {
+            let text = hub.metrics.exposition()
+            func value(_ path: String) -> Int {
+                text.split(separator: "\n").first { $0.hasPrefix("tether_access_tunnels_total{path=\"\(path)\"}") }
+                    .flatMap { Int($0.split(separator: " ").last ?? "") } ?? -1
+            }
+            return (value("spare"), value("asked"))
+        }
+        func agentSpares(_ n: Int) -> Bool {
+            agent.metrics.exposition().split(separator: "\n").first { $0.hasPrefix("tether_agent_spare_tunnels ") }
+                .flatMap { Double($0.split(separator: " ").last ?? "") } == Double(n)
+        }
+        #expect(hub.tunnels.spareCount(cluster) == 0 && agentSpares(0), "no spares before anyone uses the cluster")
+        #expect(hubCounts() == (0, 0))
+        // One request each (`--raw` takes the path from the server's root, prefix included).
+        func raw(_ path: String) async throws {
+            let got = try await fixture.kubectl(["get", "--raw", "/clusters/prod-eu" + path])
+            #expect(got.status == 0, "\(got.stderr)")
+        }
+
+        // The first request is asked for on the channel; the agent then opens its spares.
+        try await raw("/api/v1/namespaces/default/configmaps")
+        #expect(hubCounts().asked >= 1)
+        try await eventually(timeout: .seconds(10), "the agent holds 4 spares") { hub.tunnels.spareCount(cluster) == HubSettings.defaultSpareTunnels }
+        let before = hubCounts()
+        try await raw("/api/v1/namespaces/default/configmaps")
+        let after = hubCounts()
+        #expect(after.spare == before.spare + 1 && after.asked == before.asked, "\(before) -> \(after)")
+        // The claimed spare is replaced.
+        try await eventually(timeout: .seconds(10), "the pool is full again") { hub.tunnels.spareCount(cluster) == HubSettings.defaultSpareTunnels }
+
+        // Unused for 3 s: the hub ends them, and the agent does not open new ones.
+        try await eventually(timeout: .seconds(15), "idle spares ended (hub \(hub.tunnels.spareCount(cluster)), agent \(agent.metrics.exposition().split(separator: "\n").filter { $0.hasPrefix("tether_agent_spare") }))") { hub.tunnels.spareCount(cluster) == 0 && agentSpares(0) }
+        #expect(hub.metrics.exposition().split(separator: "\n").contains { $0 == "tether_access_spare_tunnels 0" || $0 == "tether_access_spare_tunnels 0.0" })
+        // The hub's data-path probe neither takes a spare nor makes the agent open any.
+        #expect(await hub.probeDataPath(cluster).ok)
+        #expect(agentSpares(0) && hub.tunnels.spareCount(cluster) == 0, "the probe opened spares")
+        let idle = hubCounts()
+        try await raw("/api/v1/namespaces/default/configmaps")
+        #expect(hubCounts().asked == idle.asked + 1, "after the idle time a request is asked for again")
+
+        // The channel's end takes its spares along.
+        try await eventually(timeout: .seconds(10), "spares again") { hub.tunnels.spareCount(cluster) == HubSettings.defaultSpareTunnels }
+        await agent.shutdown()
+        try await fixture.agentTask.value
+        try await eventually(timeout: .seconds(5), "the agent's spares are gone") { hub.tunnels.spareTotal == 0 }
+        try await fixture.hub.stop()
+        await fixture.emulator.stop()
     }
 
     @Test func theHubProbesEachClustersDataPathThroughItsAgent() async throws {

@@ -37,7 +37,8 @@ final class TestHub: Sendable {
         heartbeatInterval: Duration = .seconds(10),
         clock: HubClock = HubClock(),
         connectionLimits: ConnectionLimits = .defaults,
-        oidc: OIDCSettings? = nil
+        oidc: OIDCSettings? = nil,
+        spareTunnelIdle: Duration = .seconds(300)
     ) async throws -> TestHub {
         var config = HubConfiguration()
         config.dataDirectory = dataDir
@@ -49,6 +50,7 @@ final class TestHub: Sendable {
         config.heartbeatInterval = heartbeatInterval
         config.connectionLimits = connectionLimits
         config.oidc = oidc
+        config.spareTunnelIdle = spareTunnelIdle
         let server = try HubServer(configuration: config, clock: clock, logger: testLogger)
         let task = Task { try await server.run() }
         let agent = await server.agentAddress
@@ -146,10 +148,11 @@ struct EmulatedCluster {
     let agentTask: Task<Void, any Error>
     let endpoint: AccessEndpoint
 
-    static func start(_ dir: TemporaryDirectory, roles: String, oidc: OIDCSettings? = nil) async throws -> EmulatedCluster {
+    static func start(_ dir: TemporaryDirectory, spareTunnelIdle: Duration = .seconds(300), roles: String,
+                      oidc: OIDCSettings? = nil) async throws -> EmulatedCluster {
         let emulator = try await KubeEmulator.start()
         try emulator.writeKubeconfig(to: dir.sub("emulator-kubeconfig"))
-        let hub = try await TestHub.start(dataDir: dir.sub("hub"), oidc: oidc)
+        let hub = try await TestHub.start(dataDir: dir.sub("hub"), oidc: oidc, spareTunnelIdle: spareTunnelIdle)
         _ = try await hub.core.addCluster(ClusterName("prod-eu"), labels: ["env": "prod"])
         try await hub.core.applyAccessRoles(try AccessRoleParser.parse(yaml: roles, file: "roles.yaml"))
         var config = AgentConfiguration(stateDirectory: dir.sub("agent"), joinString: try await hub.join("prod-eu"))

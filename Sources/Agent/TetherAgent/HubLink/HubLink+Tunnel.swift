@@ -29,33 +29,79 @@ extension HubLink {
     /// port-forward stream instead).
     static let maxTunnelRequestBody = 16 << 20
 
-    /// What the hub says about people's access on the channel.
+    /// What the hub says about people's access on the channel, and what the
+    /// tunnels report back to the loop that runs them.
     enum AccessMessage: Sendable {
         case open(Tether_V1_OpenTunnel)
         case ended(Set<String>)
         case live([PersonGrant])
+        /// The Welcome's spare count: idle tunnels to keep open while people use the cluster.
+        case spares(Int)
+        /// A spare was claimed by a request (another is opened in its place).
+        case spareClaimed
+        /// A spare ended unclaimed: the hub withdrew it (unused for its idle time)
+        /// or it failed. It is not replaced until the cluster's next request.
+        case spareEnded
     }
 
     /// Runs every tunnel the hub asks for, each on its own RPC, concurrently, and
     /// the deletions of ended sessions' accounts, for as long as the channel is up.
-    func runTunnels(_ messages: AsyncStream<AccessMessage>, client: GRPCClient<HTTP2ClientTransport.Posix>) async {
+    /// While people use the cluster it keeps up to the hub's spare count of idle
+    /// tunnels open: a request on one needs no OpenTunnel round trip and no new
+    /// stream. Spares are opened on a request and replaced as they are claimed;
+    /// ones the hub ends for idleness are not, so an idle cluster holds none.
+    func runTunnels(_ messages: AsyncStream<AccessMessage>, events: AsyncStream<AccessMessage>.Continuation,
+                    client: GRPCClient<HTTP2ClientTransport.Posix>) async {
         let forwarder = self.forwarder
+        var target = 0
+        var spares = 0
         await withDiscardingTaskGroup { group in
             for await message in messages {
+                var topUp = false
                 switch message {
-                case .open(let open): group.addTask { await self.runTunnel(open, client: client) }
+                case .open(let open):
+                    group.addTask { await self.runTunnel(open, client: client) }
+                    // People's requests, not the hub's probe, keep spares open.
+                    topUp = !open.probe
                 case .ended(let ids): group.addTask { await forwarder.sessionsEnded(ids) }
                 case .live(let grants): group.addTask { await forwarder.liveSessions(grants) }
+                case .spares(let count): target = count
+                case .spareClaimed:
+                    spares -= 1
+                    topUp = true
+                case .spareEnded: spares -= 1
                 }
+                while topUp && spares < target {
+                    spares += 1
+                    group.addTask {
+                        let claimed = await self.runTunnel(nil, client: client) { events.yield(.spareClaimed) }
+                        if !claimed { events.yield(.spareEnded) }
+                    }
+                }
+                metrics.spareTunnels.set(Int64(spares))
             }
         }
+        metrics.spareTunnels.set(Int64(0))
     }
 
     /// One tunnel: opens the RPC, reads the request body, forwards it, streams the
-    /// response back. The hub ending the stream early (the person went away) cancels
-    /// the request to the API server.
-    func runTunnel(_ open: Tether_V1_OpenTunnel, client: GRPCClient<HTTP2ClientTransport.Posix>) async {
-        let request = TunnelRequest(proto: open)
+    /// response back. `asked` is the hub's OpenTunnel; nil opens a spare, which
+    /// waits for its request as the hub's first frame on it (`claimed` is called
+    /// then). The hub ending the stream early (the person went away) cancels the
+    /// request to the API server. Returns whether the tunnel carried a request.
+    @discardableResult
+    func runTunnel(_ asked: Tether_V1_OpenTunnel?, client: GRPCClient<HTTP2ClientTransport.Posix>,
+                   claimed: @escaping @Sendable () -> Void = {}) async -> Bool {
+        let name = asked?.id ?? "spare-" + UUID().uuidString.lowercased()
+        // The request: the OpenTunnel, or a spare's first frame from the hub.
+        let (requests, requestWriter) = AsyncStream.makeStream(of: Tether_V1_OpenTunnel.self, bufferingPolicy: .bufferingNewest(1))
+        if let asked {
+            requestWriter.yield(asked)
+            requestWriter.finish()
+        }
+        // Whether the hub's body frames are the request's (nil until it is known).
+        let bodyless = Locked<Bool?>(asked.map { $0.bodyless && $0.upgrade.isEmpty })
+        let carried = Locked<String?>(asked?.id)
         // No buffer: the hub's next frame is read from the RPC only once this one
         // is taken, so a slow API server holds the person back (HTTP/2 flow
         // control of this RPC), and nothing piles up in the agent.
@@ -69,7 +115,11 @@ extension HubLink {
             try await Tether_V1_AgentLink.Client(wrapping: client).tunnel(
                 options: options,
                 requestProducer: { writer in
-                    try await writer.write(.with { $0.open = .with { $0.id = open.id } })
+                    try await writer.write(.with { $0.open = .with { $0.id = name; $0.spare = asked == nil } })
+                    var next = requests.makeAsyncIterator()
+                    // A spare the hub withdrew: it ends without a request.
+                    guard let open = await next.next() else { return }
+                    let request = TunnelRequest(proto: open)
                     let forwarder = self.forwarder
                     let emit: @Sendable (TunnelEvent) async throws -> Void = { event in
                         switch event {
@@ -130,27 +180,42 @@ extension HubLink {
                     fromHub.finish()
                 },
                 onResponse: { response in
+                    // The hub ended the stream: nothing more will be read.
+                    defer {
+                        requestWriter.finish()
+                        fromHub.finish()
+                        forwarding.cancel()
+                    }
                     for try await frame in response.messages {
                         switch frame.kind {
-                        case .body(let data): if !request.bodyless { await fromHub.send(.body(ByteBuffer(bytes: data))) }
+                        case .request(let open):
+                            // A spare's request, once: the hub's first frame on it.
+                            guard asked == nil, carried.withLock({ $0 }) == nil else { continue }
+                            bodyless.withLock { $0 = open.bodyless && open.upgrade.isEmpty }
+                            carried.withLock { $0 = open.id }
+                            claimed()
+                            requestWriter.yield(open)
+                            requestWriter.finish()
+                        case .body(let data):
+                            if bodyless.withLock({ $0 }) == false { await fromHub.send(.body(ByteBuffer(bytes: data))) }
                         case .end(let end):
                             if end.error.isEmpty {
-                                if !request.bodyless { await fromHub.send(.end) }
+                                if bodyless.withLock({ $0 }) == false { await fromHub.send(.end) }
                             } else {
-                                // The person went away: stop first (nobody may be reading).
+                                // The person went away (or the hub withdrew a spare): stop
+                                // first (nobody may be reading).
                                 forwarding.cancel()
                                 fromHub.finish()
+                                requestWriter.finish()
                             }
                         case .open, .response, .none: continue
                         }
                     }
-                    // The hub ended the stream: nothing more will be read.
-                    fromHub.finish()
-                    forwarding.cancel()
                 })
         } catch {
-            logger.info("tunnel ended", metadata: ["tunnel": "\(open.id)", "reason": "\(error)"])
+            logger.info("tunnel ended", metadata: ["tunnel": "\(carried.withLock { $0 } ?? name)", "reason": "\(error)"])
         }
+        return carried.withLock { $0 } != nil
     }
 }
 

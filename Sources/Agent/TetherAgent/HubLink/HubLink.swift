@@ -201,7 +201,7 @@ package final class HubLink: Service, Sendable {
                 try await self.readMessages(messages, welcome: welcomeWriter, desired: desiredWriter, tunnels: tunnelWriter, pendingKey: pendingKey,
                                             identity: identity)
             }
-            group.addTask { await self.runTunnels(tunnels, client: client) }
+            group.addTask { await self.runTunnels(tunnels, events: tunnelWriter, client: client) }
             var welcomed = false
             for await welcome in welcomes {
                 welcomed = true
@@ -262,6 +262,7 @@ package final class HubLink: Service, Sendable {
                 guard !welcomed else { continue }
                 welcomed = true
                 welcome.yield(first)
+                tunnels.yield(.spares(Int(min(first.spareTunnels, 64))))
             case .renewed(let renewed):
                 guard let key = pendingKey.withLock({ $0 }) else { continue }
                 try await acceptRenewal(renewed, key: key, identity: identity)

@@ -35,9 +35,7 @@ extension AccessProxy {
                                    session: session, grants: admitted.grants, upgrade: upgrade)
         let streams: TunnelStreams
         do {
-            streams = try await core.tunnels.open(tunnel.id, cluster: admitted.cluster, timeout: .seconds(10)) {
-                core.registry.openTunnel(admitted.cluster, tunnel)
-            }
+            streams = try await core.openTunnel(tunnel, to: admitted.cluster)
         } catch {
             await refuse(exchange, error as? TetherError ?? TetherError(.unavailable, "\(error)"), cluster: clusterName, core: core)
             return

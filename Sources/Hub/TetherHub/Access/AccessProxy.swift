@@ -168,7 +168,7 @@ enum AccessProxy {
         let path = (rest.isEmpty ? "/" : rest) + (query.isEmpty ? "" : "?" + query)
         let tunnel = TunnelRequest(id: TunnelBroker.newID(), method: request.method.rawValue, path: path, headers: carried(request.headers),
                                    session: session, grants: grants, bodyless: hasNoBody(request.headers))
-        let streams = try await core.tunnels.open(tunnel.id, cluster: cluster, timeout: .seconds(10)) { core.registry.openTunnel(cluster, tunnel) }
+        let streams = try await core.openTunnel(tunnel, to: cluster)
         core.metrics.tunnelsOpen.increment()
         do {
             for try await chunk in request.body { await streams.toAgent.send(.body(chunk)) }

@@ -38,7 +38,7 @@ extension HubCore {
                                     bodyless: true)
         var state: DataPathState
         do {
-            let streams = try await tunnels.open(request.id, cluster: cluster, timeout: .seconds(10)) { registry.openTunnel(cluster, request) }
+            let streams = try await openTunnel(request, to: cluster)
             defer { streams.toAgent.finish() }
             await streams.toAgent.send(.end(error: nil))
             var status = 0

@@ -40,7 +40,8 @@ struct TunnelStreams: Sendable {
     let toAgent: AsyncChannel<TunnelFrame>
 }
 
-/// Matches the agents' `Tunnel` RPCs to the requests waiting for them.
+/// Matches the agents' `Tunnel` RPCs to the requests waiting for them, and keeps
+/// the idle spare tunnels agents open ahead of requests.
 final class TunnelBroker: Sendable {
     private struct Waiter {
         let cluster: ClusterName
@@ -50,7 +51,83 @@ final class TunnelBroker: Sendable {
     }
     private let waiting = Mutex<[String: Waiter]>([:])
 
+    /// An idle spare `Tunnel` RPC: `start` hands it the request it carries (its
+    /// first frame to the agent), or nil to withdraw it (its RPC then ends).
+    struct Spare: Sendable {
+        let id: UInt64
+        /// The agent's TLS connection: a spare serves only while that connection
+        /// carries the cluster's current channel.
+        let peer: String
+        let streams: TunnelStreams
+        let start: @Sendable (TunnelRequest?) -> Void
+    }
+    private let spares = Mutex<(next: UInt64, byCluster: [ClusterName: [Spare]])>((1, [:]))
+
     init() {}
+
+    /// Idle spares kept for `cluster` now.
+    func spareCount(_ cluster: ClusterName) -> Int { spares.withLock { $0.byCluster[cluster]?.count ?? 0 } }
+
+    /// Idle spares for all clusters.
+    var spareTotal: Int { spares.withLock { $0.byCluster.values.reduce(0) { $0 + $1.count } } }
+
+    /// Keeps an agent's spare until a request claims it or it is withdrawn; nil when
+    /// the cluster already has `limit` (the RPC is then ended).
+    func offerSpare(_ cluster: ClusterName, peer: String, limit: Int, streams: TunnelStreams,
+                    start: @escaping @Sendable (TunnelRequest?) -> Void) -> UInt64? {
+        spares.withLock { state -> UInt64? in
+            guard (state.byCluster[cluster]?.count ?? 0) < limit else { return nil }
+            let id = state.next
+            state.next += 1
+            state.byCluster[cluster, default: []].append(Spare(id: id, peer: peer, streams: streams, start: start))
+            return id
+        }
+    }
+
+    /// Takes the spare out of the pool if a request has not claimed it yet, and
+    /// ends it; false when it was already claimed (or gone).
+    @discardableResult
+    func withdrawSpare(_ cluster: ClusterName, id: UInt64) -> Bool {
+        let spare = spares.withLock { state -> Spare? in
+            guard let index = state.byCluster[cluster]?.firstIndex(where: { $0.id == id }) else { return nil }
+            let spare = state.byCluster[cluster]!.remove(at: index)
+            if state.byCluster[cluster]!.isEmpty { state.byCluster[cluster] = nil }
+            return spare
+        }
+        spare?.start(nil)
+        return spare != nil
+    }
+
+    /// Ends the spares a cluster's agent opened on the connection `peer` (the
+    /// channel on it closed).
+    func closeSpares(_ cluster: ClusterName, peer: String) {
+        let closed = spares.withLock { state -> [Spare] in
+            let all = state.byCluster[cluster] ?? []
+            let kept = all.filter { $0.peer != peer }
+            state.byCluster[cluster] = kept.isEmpty ? nil : kept
+            return all.filter { $0.peer == peer }
+        }
+        for spare in closed { spare.start(nil) }
+    }
+
+    /// A spare for `request`, started (the request is its first frame to the agent),
+    /// or nil when the cluster has none. Spares whose connection no longer carries
+    /// the cluster's channel (`isCurrent` says) are ended on the way.
+    func claimSpare(_ cluster: ClusterName, for request: TunnelRequest, isCurrent: (String) -> Bool) -> TunnelStreams? {
+        while let spare = spares.withLock({ state -> Spare? in
+            guard let spare = state.byCluster[cluster]?.popLast() else { return nil }
+            if state.byCluster[cluster]!.isEmpty { state.byCluster[cluster] = nil }
+            return spare
+        }) {
+            guard isCurrent(spare.peer) else {
+                spare.start(nil)
+                continue
+            }
+            spare.start(request)
+            return spare.streams
+        }
+        return nil
+    }
 
     static func newID() -> String { UUID().uuidString.lowercased() }
 
@@ -98,5 +175,26 @@ final class TunnelBroker: Sendable {
         waiter?.timeout?.cancel()
         waiter?.continuation.resume(returning: streams)
         return waiter != nil
+    }
+}
+
+extension HubCore {
+    /// A tunnel carrying `request` to `cluster`'s agent: one of its idle spares when
+    /// it has one (no round trip on the channel, no new stream), else asked for with
+    /// `OpenTunnel` and waited for up to 10 s. The hub's own probe never takes a
+    /// spare (its requests would keep every cluster's spares alive).
+    func openTunnel(_ request: TunnelRequest, to cluster: ClusterName) async throws -> TunnelStreams {
+        let now = clock.now()
+        let registry = self.registry
+        if request.session != nil, let streams = tunnels.claimSpare(cluster, for: request, isCurrent: { peer in
+            registry.linkCertificateDeadline(cluster, peer: peer).map { $0 > now } ?? false
+        }) {
+            metrics.spareTunnels.set(Int64(tunnels.spareTotal))
+            metrics.tunnelsBySpare.increment()
+            return streams
+        }
+        let streams = try await tunnels.open(request.id, cluster: cluster, timeout: .seconds(10)) { registry.openTunnel(cluster, request) }
+        metrics.tunnelsAsked.increment()
+        return streams
     }
 }

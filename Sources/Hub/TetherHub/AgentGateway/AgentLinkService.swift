@@ -37,6 +37,9 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
         defer {
             if let id = session.registrationID {
                 core.registry.unregister(cluster, id: id)
+                // The agent's spare tunnels on this connection go with its channel.
+                core.tunnels.closeSpares(cluster, peer: "\(context.remotePeer)")
+                core.metrics.spareTunnels.set(Int64(core.tunnels.spareTotal))
                 // Last seen at disconnect: in the next presence batch.
                 core.presence.saw(cluster, agentVersion: session.agentVersion, at: core.clock.now())
                 let action = Self.channelAction("disconnect", cluster)
@@ -124,6 +127,7 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 welcome.hubVersion = TetherVersion.current
                 welcome.clusterName = cluster.rawValue
                 welcome.heartbeatIntervalSeconds = core.settings.heartbeatInterval.seconds
+                welcome.spareTunnels = UInt32(core.settings.spareTunnels)
                 // Welcome first; then what the store has (if newer than the agent's), and
                 // from then on each state `publish` hands over, newest only.
                 session.welcome(.with { $0.welcome = welcome }, to: outbox)

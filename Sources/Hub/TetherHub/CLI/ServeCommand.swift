@@ -37,6 +37,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Access listener: kubectl through the hub (/clusters/NAME/...), HTTPS; 'none' to disable.", valueName: "host:port"))
     var accessListen = "0.0.0.0:7443"
 
+    @Option(help: ArgumentHelp(
+        "Idle tunnels each agent keeps open while people use its cluster, so a request needs no round trip to open one (0: none; ended after 5 minutes unused).",
+        valueName: "n"))
+    var spareTunnels = HubSettings.defaultSpareTunnels
+
     @Option(help: ArgumentHelp("Certificate chain (PEM) for the access listener instead of the hub's own (with --access-tls-key).", valueName: "path"))
     var accessTlsCert: String?
 
@@ -105,6 +110,8 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("\(path) does not exist or cannot be read")
         }
         config.accessTLSCertificate = accessTlsCert
+        guard (0...64).contains(spareTunnels) else { throw ValidationError("--spare-tunnels must be between 0 and 64, not \(spareTunnels)") }
+        config.spareTunnels = spareTunnels
         config.accessTLSKey = accessTlsKey
         if !advertise.isEmpty {
             config.advertise = advertise.flatMap { $0.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) } }

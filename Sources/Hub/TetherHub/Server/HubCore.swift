@@ -17,7 +17,15 @@ struct HubSettings: Sendable {
     var joinHost: String
     /// The group whose members see the console's admin pages (`serve --admin-group`).
     var adminGroup = HubSettings.defaultAdminGroup
+    /// Idle `Tunnel` RPCs each agent may keep open while people use its cluster
+    /// (`serve --spare-tunnels`): a request on one skips the OpenTunnel round trip
+    /// and the new stream. 0 turns them off.
+    var spareTunnels = HubSettings.defaultSpareTunnels
+    /// A spare nobody claimed for this long is ended (the agent opens spares again
+    /// on the cluster's next request), so idle clusters hold none.
+    var spareTunnelIdle: Duration = .seconds(300)
     static let defaultAdminGroup = "tether-admins"
+    static let defaultSpareTunnels = 4
     static let defaultTokenTTL: Duration = .seconds(24 * 3600)
     static let maxTokenTTL: Duration = .seconds(7 * 24 * 3600)
 }

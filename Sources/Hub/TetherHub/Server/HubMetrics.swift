@@ -17,6 +17,11 @@ final class HubMetrics: Sendable {
     let presenceCommits: Counter
     /// Tunnels carrying a proxied request right now.
     let tunnelsOpen: Gauge
+    /// Tunnels opened for a request: on an agent's idle spare, or asked for on the channel.
+    let tunnelsBySpare: Counter
+    let tunnelsAsked: Counter
+    /// Idle spare tunnels agents hold open now.
+    let spareTunnels: Gauge
 
     init() {
         agentsConnected = registry.makeGauge(name: "tether_agents_connected", help: "Agents with an open channel to this hub.")
@@ -32,6 +37,14 @@ final class HubMetrics: Sendable {
             name: "tether_presence_commits_total", help: "Database transactions that recorded agent presence (heartbeats are written in batches).")
         tunnelsOpen = registry.makeGauge(name: "tether_access_tunnels_open", help: "Proxied requests being carried through an agent's tunnel now.")
         tunnelsOpen.set(Int64(0))
+        let tunnels = MetricNameDescriptor(
+            metricName: "tether_access_tunnels_total", helpText: "Tunnels opened for proxied requests: on an agent's idle spare, or asked for on its channel.")
+        tunnelsBySpare = registry.makeCounter(descriptor: tunnels, labels: [("path", "spare")])
+        tunnelsAsked = registry.makeCounter(descriptor: tunnels, labels: [("path", "asked")])
+        tunnelsBySpare.increment(by: Int64(0))
+        tunnelsAsked.increment(by: Int64(0))
+        spareTunnels = registry.makeGauge(name: "tether_access_spare_tunnels", help: "Idle spare tunnels agents hold open for the next requests.")
+        spareTunnels.set(Int64(0))
         presenceCommits.increment(by: Int64(0))
         unknownAgentMessages.increment(by: Int64(0))
         agentsConnected.set(Int64(0))

@@ -32,6 +32,8 @@ struct HubConfiguration: Sendable {
     var advertise: [String] = HubConfiguration.defaultAdvertise
     var certificateLifetime: Duration = .seconds(24 * 3600)
     var heartbeatInterval: Duration = .seconds(10)
+    var spareTunnels = HubSettings.defaultSpareTunnels
+    var spareTunnelIdle: Duration = .seconds(300)
     var auditRetention: Duration = .seconds(90 * 86_400)
     /// Handshake and first-bytes deadlines and the cap on connections that have
     /// not yet proven themselves, on the agent and admin listeners alike.
@@ -67,7 +69,9 @@ final class HubServer: Sendable {
             certificateLifetime: configuration.certificateLifetime,
             heartbeatInterval: configuration.heartbeatInterval,
             joinHost: configuration.advertise[0],
-            adminGroup: configuration.adminGroup)
+            adminGroup: configuration.adminGroup,
+            spareTunnels: configuration.spareTunnels,
+            spareTunnelIdle: configuration.spareTunnelIdle)
         let core = HubCore(database: database, ca: directory.ca, settings: settings, clock: clock, metrics: HubMetrics(), logger: logger,
                            sessionKey: directory.sessionKey, otpKey: directory.otpKey,
                            oidc: try configuration.oidc.map { try OIDCProvider(settings: $0, logger: logger) })

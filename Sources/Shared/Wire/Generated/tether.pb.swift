@@ -375,6 +375,15 @@ public nonisolated struct Tether_V1_TunnelFrame: Sendable {
     set {kind = .response(newValue)}
   }
 
+  /// Hub to agent, first on a spare tunnel only: the request it now carries.
+  public var request: Tether_V1_OpenTunnel {
+    get {
+      if case .request(let v)? = kind {return v}
+      return Tether_V1_OpenTunnel()
+    }
+    set {kind = .request(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Kind: Equatable, Sendable {
@@ -382,18 +391,27 @@ public nonisolated struct Tether_V1_TunnelFrame: Sendable {
     case body(Data)
     case end(Tether_V1_TunnelEnd)
     case response(Tether_V1_ResponseHead)
+    /// Hub to agent, first on a spare tunnel only: the request it now carries.
+    case request(Tether_V1_OpenTunnel)
 
   }
 
   public init() {}
 }
 
+/// The agent's first frame on a Tunnel RPC.
 public nonisolated struct Tether_V1_TunnelOpen: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// The OpenTunnel this RPC answers; for a spare, the agent's own name for it (logs).
   public var id: String = String()
+
+  /// A spare: opened ahead of any request (when the hub's Welcome asks for spares),
+  /// it waits idle until the hub sends the request it carries as its first frame.
+  /// That saves the OpenTunnel round trip and the new stream on the request's path.
+  public var spare: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -459,6 +477,11 @@ public nonisolated struct Tether_V1_Welcome: Sendable {
 
   /// How often the hub expects a heartbeat; three missed ones mark the agent offline.
   public var heartbeatIntervalSeconds: Double = 0
+
+  /// How many idle spare Tunnel RPCs the agent may keep open while people use the
+  /// cluster (0, or a hub that does not know spares: none, every request is asked
+  /// for with OpenTunnel).
+  public var spareTunnels: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1238,7 +1261,7 @@ nonisolated extension Tether_V1_NamespaceRoles: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Tether_V1_TunnelFrame: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TunnelFrame"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}open\0\u{1}body\0\u{1}end\0\u{1}response\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}open\0\u{1}body\0\u{1}end\0\u{1}response\0\u{1}request\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1293,6 +1316,19 @@ nonisolated extension Tether_V1_TunnelFrame: SwiftProtobuf.Message, SwiftProtobu
           self.kind = .response(v)
         }
       }()
+      case 5: try {
+        var v: Tether_V1_OpenTunnel?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .request(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .request(v)
+        }
+      }()
       default: break
       }
     }
@@ -1320,6 +1356,10 @@ nonisolated extension Tether_V1_TunnelFrame: SwiftProtobuf.Message, SwiftProtobu
       guard case .response(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     }()
+    case .request?: try {
+      guard case .request(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -1334,7 +1374,7 @@ nonisolated extension Tether_V1_TunnelFrame: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Tether_V1_TunnelOpen: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".TunnelOpen"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}spare\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1343,6 +1383,7 @@ nonisolated extension Tether_V1_TunnelOpen: SwiftProtobuf.Message, SwiftProtobuf
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.spare) }()
       default: break
       }
     }
@@ -1352,11 +1393,15 @@ nonisolated extension Tether_V1_TunnelOpen: SwiftProtobuf.Message, SwiftProtobuf
     if !self.id.isEmpty {
       try visitor.visitSingularStringField(value: self.id, fieldNumber: 1)
     }
+    if self.spare != false {
+      try visitor.visitSingularBoolField(value: self.spare, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Tether_V1_TunnelOpen, rhs: Tether_V1_TunnelOpen) -> Bool {
     if lhs.id != rhs.id {return false}
+    if lhs.spare != rhs.spare {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1474,7 +1519,7 @@ nonisolated extension Tether_V1_Hello: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension Tether_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Welcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}hub_version\0\u{3}cluster_name\0\u{3}heartbeat_interval_seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}hub_version\0\u{3}cluster_name\0\u{3}heartbeat_interval_seconds\0\u{3}spare_tunnels\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1486,6 +1531,7 @@ nonisolated extension Tether_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._M
       case 2: try { try decoder.decodeSingularStringField(value: &self.hubVersion) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.clusterName) }()
       case 4: try { try decoder.decodeSingularDoubleField(value: &self.heartbeatIntervalSeconds) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.spareTunnels) }()
       default: break
       }
     }
@@ -1504,6 +1550,9 @@ nonisolated extension Tether_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._M
     if self.heartbeatIntervalSeconds.bitPattern != 0 {
       try visitor.visitSingularDoubleField(value: self.heartbeatIntervalSeconds, fieldNumber: 4)
     }
+    if self.spareTunnels != 0 {
+      try visitor.visitSingularUInt32Field(value: self.spareTunnels, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1512,6 +1561,7 @@ nonisolated extension Tether_V1_Welcome: SwiftProtobuf.Message, SwiftProtobuf._M
     if lhs.hubVersion != rhs.hubVersion {return false}
     if lhs.clusterName != rhs.clusterName {return false}
     if lhs.heartbeatIntervalSeconds != rhs.heartbeatIntervalSeconds {return false}
+    if lhs.spareTunnels != rhs.spareTunnels {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
