@@ -12,9 +12,11 @@ import Shared
 ///
 ///     swift build -c release
 ///     .build/release/tether-bench-access [--requests 1000] [--clients 100] [--seconds 5] [--sessions 20] [--events 2000]
+///                                        [--spare-tunnels N] [--bin DIR]
 ///
 /// Prints: added latency of a GET through hub, tunnel and agent against the same GET
-/// straight to the API server (p50/p99); requests per second through one agent with
+/// straight to the API server (p50/p99), and how many of those tunnels were the
+/// agent's idle spares (`--spare-tunnels`, passed to the hub; 0 turns them off); requests per second through one agent with
 /// `--clients` concurrent clients; watch events per second through one tunnel;
 /// first-request latency (a new session: just-in-time account, bindings and token);
 /// the agent's memory idle after connecting and after the load (anonymous and file-backed).
@@ -22,6 +24,7 @@ import Shared
 struct AccessBenchmark {
     static func main() async throws {
         var requests = 1000, clients = 100, seconds = 5, sessions = 20, events = 2000
+        var spareTunnels: Int?
         var bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
         var args = CommandLine.arguments.dropFirst()
         while let key = args.popFirst() {
@@ -32,9 +35,10 @@ struct AccessBenchmark {
             case "--seconds": seconds = value()
             case "--sessions": sessions = value()
             case "--events": events = value()
+            case "--spare-tunnels": spareTunnels = value()
             case "--bin": bin = args.popFirst() ?? bin
             case "--help", "-h":
-                say("usage: tether-bench-access [--requests N] [--clients N] [--seconds S] [--sessions N] [--events N] [--bin DIR]")
+                say("usage: tether-bench-access [--requests N] [--clients N] [--seconds S] [--sessions N] [--events N] [--spare-tunnels N] [--bin DIR]")
                 return
             default: throw BenchError("unknown option \(key); see --help")
             }
@@ -49,7 +53,7 @@ struct AccessBenchmark {
         _ = try emulator.put(try JSON.parse(JSONSerialization.data(withJSONObject: [
             "apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "probe", "namespace": "default"], "data": ["a": "b"],
         ])))
-        let hub = try await Hub.start(bin: bin, dataDir: work + "/hub")
+        let hub = try await Hub.start(bin: bin, dataDir: work + "/hub", extra: spareTunnels.map { ["--spare-tunnels", "\($0)"] } ?? [])
         defer { hub.stop() }
         _ = try await hub.admin(.POST, "/v1/clusters", ["name": "bench", "labels": ["env": "bench"]])
         let token = try JSONSerialization.jsonObject(with: try await hub.admin(.POST, "/v1/tokens", ["cluster": "bench"])) as? [String: Any] ?? [:]
@@ -104,6 +108,7 @@ struct AccessBenchmark {
         say("access through hub, tunnel and agent, against the API emulator (release build, this machine)")
         // Warm both paths: the session's account is made on its first request.
         for _ in 0..<20 { _ = try await get(emulator.url.absoluteString + path, emulator.token); _ = try await get(viaHub, person.credential) }
+        let tunnelsBefore = try await hub.tunnelCounts()
         var direct: [Double] = [], proxied: [Double] = []
         for _ in 0..<requests {
             direct.append(try await get(emulator.url.absoluteString + path, emulator.token))
@@ -113,6 +118,8 @@ struct AccessBenchmark {
         say(String(format: "  GET, %d sequential: direct p50 %.2f ms, p99 %.2f ms; through the hub p50 %.2f ms, p99 %.2f ms; added p50 %.2f ms, p99 %.2f ms",
                    requests, pct(direct, 0.5), pct(direct, 0.99), pct(proxied, 0.5), pct(proxied, 0.99),
                    pct(proxied, 0.5) - pct(direct, 0.5), pct(proxied, 0.99) - pct(direct, 0.99)))
+        let tunnelsAfter = try await hub.tunnelCounts()
+        say("  tunnels for those GETs: \(tunnelsAfter.spare - tunnelsBefore.spare) on an idle spare, \(tunnelsAfter.asked - tunnelsBefore.asked) asked for on the channel")
 
         let counted = Counter()
         let stop = ContinuousClock.now + .seconds(seconds)
@@ -192,11 +199,11 @@ struct Hub {
         var ca: String
     }
 
-    static func start(bin: String, dataDir: String) async throws -> Hub {
+    static func start(bin: String, dataDir: String, extra: [String]) async throws -> Hub {
         let hub = Process()
         hub.executableURL = URL(fileURLWithPath: bin + "/tether-hub")
         hub.arguments = ["serve", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-                         "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1", "--log-level", "error"]
+                         "--access-listen", "127.0.0.1:0", "--advertise", "127.0.0.1", "--log-level", "error"] + extra
         hub.standardOutput = FileHandle.nullDevice
         hub.standardError = FileHandle.nullDevice
         try hub.run()
@@ -230,6 +237,16 @@ struct Hub {
         let data = Data(buffer: try await response.body.collect(upTo: 16 << 20))
         guard (200..<300).contains(response.status.code) else { throw BenchError("\(method) \(path): \(String(decoding: data, as: UTF8.self))") }
         return data
+    }
+
+    /// The hub's `tether_access_tunnels_total` by path, from its `/metrics`.
+    func tunnelCounts() async throws -> (spare: Int, asked: Int) {
+        let text = String(decoding: try await admin(.GET, "/metrics", nil), as: UTF8.self)
+        func value(_ path: String) -> Int {
+            text.split(separator: "\n").first { $0.hasPrefix("tether_access_tunnels_total{path=\"\(path)\"}") }
+                .flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+        }
+        return (value("spare"), value("asked"))
     }
 
     /// A new operator-issued session in group `bench`.
