@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import NIOSSL
 import Shared
 
@@ -107,7 +108,10 @@ package final class KubeForwarder: TunnelForwarder {
     let tls: TLSConfiguration
     let logger: Logger
 
-    init(connection: KubeConnection, accounts: JITAccounts, logger: Logger) throws {
+    /// `loop`: where its connections to the API server live (the hub link's loop,
+    /// so a tunnel's request and answer never change threads); any of NIO's loops
+    /// when nil.
+    init(connection: KubeConnection, accounts: JITAccounts, logger: Logger, loop: (any EventLoop)? = nil) throws {
         self.connection = connection
         self.accounts = accounts
         self.logger = logger
@@ -117,7 +121,7 @@ package final class KubeForwarder: TunnelForwarder {
         self.tls = tls
         // Deliberately no client certificate: a request carried for a person must
         // authenticate as that person's service account and nothing else.
-        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls, decompression: .disabled))
+        http = HTTPClient(eventLoopGroup: loop ?? HTTPClient.defaultEventLoopGroup, configuration: .init(tlsConfiguration: tls, decompression: .disabled))
     }
 
     func shutdown() async throws { try await http.shutdown() }
@@ -155,6 +159,7 @@ package final class KubeForwarder: TunnelForwarder {
     /// The person's just-in-time token, or nil after answering 503 when the account
     /// cannot be made.
     private func personToken(_ request: TunnelRequest, emit: @Sendable (TunnelEvent) async throws -> Void) async throws -> String? {
+        if let token = accounts.cachedToken(for: request.grant) { return token }
         do {
             return try await accounts.token(for: request.grant)
         } catch {
@@ -275,9 +280,15 @@ package actor JITAccounts {
     let metrics: AgentMetrics?
     /// An account unused this long is deleted at the next sweep.
     let idle: Duration
-    private var cache: [String: (grant: PersonGrant, token: String, refreshAt: Date)] = [:]
-    /// When each session last carried a request here (this process's life).
-    private var lastUsed: [String: ContinuousClock.Instant] = [:]
+    private struct Ready: Sendable {
+        var cache: [String: (grant: PersonGrant, token: String, refreshAt: Date)] = [:]
+        /// When each session last carried a request here (this process's life).
+        var lastUsed: [String: ContinuousClock.Instant] = [:]
+    }
+    /// Tokens made, and when each session was last used, behind a lock: a request
+    /// whose account and token are ready takes its token without a hop to this
+    /// actor (`cachedToken`).
+    private nonisolated let ready = Locked(Ready())
     private let startedAt = ContinuousClock.now
 
     static let sessionAnnotation = "tether.dev/session"
@@ -295,10 +306,20 @@ package actor JITAccounts {
     /// The account's name (`JITAccountName`, shared with the hub).
     static func accountName(user: String, session: String) -> String { JITAccountName.make(user: user, session: session) }
 
+    /// The session's token when its account is ready and the token fresh, else nil
+    /// (then `token(for:)` makes what is missing). Marks the session used either way.
+    package nonisolated func cachedToken(for grant: PersonGrant) -> String? {
+        let now = Date()
+        return ready.withLock { ready -> String? in
+            ready.lastUsed[grant.sessionID] = .now
+            guard let cached = ready.cache[grant.sessionID], cached.grant == grant, cached.refreshAt > now else { return nil }
+            return cached.token
+        }
+    }
+
     package func token(for grant: PersonGrant) async throws -> String {
         let now = Date()
-        lastUsed[grant.sessionID] = .now
-        if let cached = cache[grant.sessionID], cached.grant == grant, cached.refreshAt > now { return cached.token }
+        if let token = cachedToken(for: grant) { return token }
         let name = Self.accountName(user: grant.user, session: grant.sessionID)
         let started = ContinuousClock.now
         try await ensureAccount(name, grant: grant)
@@ -314,8 +335,11 @@ package actor JITAccounts {
         guard let token = (answer["status"] as? [String: Any])?["token"] as? String, !token.isEmpty else {
             throw TetherError(.unavailable, "the API server answered the TokenRequest for \(name) without a token")
         }
-        let first = cache[grant.sessionID] == nil
-        cache[grant.sessionID] = (grant, token, now.addingTimeInterval(Double(seconds) * 0.8))
+        let first = ready.withLock { ready -> Bool in
+            let first = ready.cache[grant.sessionID] == nil
+            ready.cache[grant.sessionID] = (grant, token, now.addingTimeInterval(Double(seconds) * 0.8))
+            return first
+        }
         if first { metrics?.jitFirstRequest.record(ContinuousClock.now - started) }
         logger.info("just-in-time account ready", metadata: [
             "account": "\(namespace)/\(name)", "user": "\(grant.user)", "session": "\(grant.sessionID)",
@@ -401,6 +425,7 @@ package actor JITAccounts {
         var doomed: [Marked] = []
         // Idle: no request for `idle` (sessions never used since this agent started
         // count from its start).
+        let lastUsed = ready.withLock { $0.lastUsed }
         func isIdle(_ session: String) -> Bool { ContinuousClock.now - (lastUsed[session] ?? startedAt) >= idle }
         for object in marked {
             guard let grant = live[object.session], (object.expires ?? .distantFuture) > now, grant.sessionExpires > now, !isIdle(object.session) else {
@@ -440,9 +465,12 @@ package actor JITAccounts {
                 logger.error("cannot delete a just-in-time object", metadata: ["object": "\(object.resource.kind)/\(object.name)", "error": "\(error)"])
             }
         }
-        for session in Set(objects.filter { $0.resource == .serviceAccount }.map(\.session)) {
-            cache[session] = nil
-            lastUsed[session] = nil
+        let ended = Set(objects.filter { $0.resource == .serviceAccount }.map(\.session))
+        ready.withLock { ready in
+            for session in ended {
+                ready.cache[session] = nil
+                ready.lastUsed[session] = nil
+            }
         }
         if !deleted.isEmpty {
             logger.notice("just-in-time access removed", metadata: ["accountsOfSessions": "\(sessions.sorted().joined(separator: ","))",

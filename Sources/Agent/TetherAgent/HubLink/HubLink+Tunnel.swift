@@ -3,6 +3,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import NIOCore
+import NIOPosix
 import Shared
 import Synchronization
 
@@ -87,11 +88,23 @@ extension HubLink {
     /// One tunnel: opens the RPC, reads the request body, forwards it, streams the
     /// response back. `asked` is the hub's OpenTunnel; nil opens a spare, which
     /// waits for its request as the hub's first frame on it (`claimed` is called
-    /// then). The hub ending the stream early (the person went away) cancels the
-    /// request to the API server. Returns whether the tunnel carried a request.
+    /// once that request is over, or a second after it came, whichever is first).
+    /// The hub ending the stream early (the person went away) cancels the request
+    /// to the API server. Returns whether the tunnel carried a request.
+    ///
+    /// Its tasks run on the channel's event loop (`loop`), where the hub connection
+    /// and the connections to the API server do their I/O: a frame read from the hub
+    /// reaches the forward, and the API server's answer the hub, without waking
+    /// another thread at each step (each wake-up costs tens to hundreds of
+    /// microseconds on a small VM; a request used to take about a dozen).
     @discardableResult
     func runTunnel(_ asked: Tether_V1_OpenTunnel?, client: GRPCClient<HTTP2ClientTransport.Posix>,
                    claimed: @escaping @Sendable () -> Void = {}) async -> Bool {
+        await withTaskExecutorPreference(loop) { await carryTunnel(asked, client: client, claimed: claimed) }
+    }
+
+    private func carryTunnel(_ asked: Tether_V1_OpenTunnel?, client: GRPCClient<HTTP2ClientTransport.Posix>,
+                             claimed: @escaping @Sendable () -> Void) async -> Bool {
         let name = asked?.id ?? "spare-" + UUID().uuidString.lowercased()
         // The request: the OpenTunnel, or a spare's first frame from the hub.
         let (requests, requestWriter) = AsyncStream.makeStream(of: Tether_V1_OpenTunnel.self, bufferingPolicy: .bufferingNewest(1))
@@ -102,6 +115,19 @@ extension HubLink {
         // Whether the hub's body frames are the request's (nil until it is known).
         let bodyless = Locked<Bool?>(asked.map { $0.bodyless && $0.upgrade.isEmpty })
         let carried = Locked<String?>(asked?.id)
+        // A claimed spare is replaced once its request is over, or after a second
+        // (a watch, an exec): opening the next spare is work on this same loop, kept
+        // off the request's own path.
+        let replace = Locked<(claimed: (@Sendable () -> Void)?, timer: Task<Void, Never>?)>((nil, nil))
+        let replaceOnce: @Sendable () -> Void = {
+            let (claimed, timer) = replace.withLock { state in
+                defer { state = (nil, nil) }
+                return state
+            }
+            timer?.cancel()
+            claimed?()
+        }
+        defer { replaceOnce() }
         // No buffer: the hub's next frame is read from the RPC only once this one
         // is taken, so a slow API server holds the person back (HTTP/2 flow
         // control of this RPC), and nothing piles up in the agent.
@@ -138,12 +164,12 @@ extension HubLink {
                     if request.upgrade != nil {
                         // exec, attach, port-forward: sent at once; what the hub sends
                         // after the 101 is the connection's bytes.
-                        task = Task { try await forwarder.upgrade(request, input: fromHub, emit: emit) }
+                        task = Task(executorPreference: self.loop) { try await forwarder.upgrade(request, input: fromHub, emit: emit) }
                     } else if request.bodyless {
                         // Nothing to wait for: the request goes out as the tunnel opens
                         // (the hub's end frame, when it comes, is not needed).
                         fromHub.finish()
-                        task = Task { try await forwarder.forward(request, body: ByteBuffer(), emit: emit) }
+                        task = Task(executorPreference: self.loop) { try await forwarder.forward(request, body: ByteBuffer(), emit: emit) }
                     } else {
                         var body = ByteBuffer()
                         var complete = false
@@ -165,7 +191,7 @@ extension HubLink {
                         }
                         guard complete else { return }
                         let request = request
-                        task = Task { try await forwarder.forward(request, body: body, emit: emit) }
+                        task = Task(executorPreference: self.loop) { try await forwarder.forward(request, body: body, emit: emit) }
                     }
                     forwarding.started(task)
                     do {
@@ -193,7 +219,11 @@ extension HubLink {
                             guard asked == nil, carried.withLock({ $0 }) == nil else { continue }
                             bodyless.withLock { $0 = open.bodyless && open.upgrade.isEmpty }
                             carried.withLock { $0 = open.id }
-                            claimed()
+                            let timer = Task(executorPreference: self.loop) {
+                                guard (try? await Task.sleep(for: .seconds(1))) != nil else { return }
+                                replaceOnce()
+                            }
+                            replace.withLock { $0 = (claimed, timer) }
                             requestWriter.yield(open)
                             requestWriter.finish()
                         case .body(let data):

@@ -3,6 +3,8 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
+import NIOCore
+import NIOPosix
 import ServiceLifecycle
 import Shared
 import Synchronization
@@ -26,6 +28,9 @@ package final class HubLink: Service, Sendable {
     let applier: any DesiredStateApplier
     /// Carries people's requests that the hub tunnels to this cluster.
     let forwarder: any TunnelForwarder
+    /// The channel's event loop as an executor: the hub connection lives there, and
+    /// tunnels run their tasks there (see `runTunnel`).
+    let loop: EventLoopTaskExecutor
     /// What renewal schedules by (virtual in tests).
     let clock: any AgentClock
     /// The key this process enrolls with, the same on every attempt (see `Enroller`).
@@ -43,7 +48,9 @@ package final class HubLink: Service, Sendable {
 
     package init(store: any IdentityStore, joinString: JoinString?, logger: Logger, metrics: AgentMetrics,
          participants: [any ChannelParticipant] = [], applier: any DesiredStateApplier = NoKubernetesApplier(),
-         forwarder: any TunnelForwarder = NoKubernetesForwarder(), clock: any AgentClock = SystemAgentClock()) {
+         forwarder: any TunnelForwarder = NoKubernetesForwarder(), clock: any AgentClock = SystemAgentClock(),
+         loop: any EventLoop = MultiThreadedEventLoopGroup.singleton.next()) {
+        self.loop = EventLoopTaskExecutor(loop)
         self.participants = participants
         self.forwarder = forwarder
         self.clock = clock
@@ -138,7 +145,7 @@ package final class HubLink: Service, Sendable {
                 config.compression.algorithm = .none
                 config.compression.enabledAlgorithms = .none
                 config.connection.keepalive = .init(time: .seconds(30), timeout: .seconds(10), allowWithoutCalls: true)
-            })
+            }, eventLoopGroup: loop.loop)
         let (outbox, outboxWriter) = AsyncStream.makeStream(of: Tether_V1_AgentMessage.self)
         let current = Locked(identity)
         var options = CallOptions.defaults

@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOPosix
 import ServiceLifecycle
 import Shared
 import UnixSignals
@@ -59,6 +60,9 @@ final class AgentRuntime: Sendable {
         let applier: any DesiredStateApplier
         let driftWatcher: DriftWatcher?
         let tunnelForwarder: any TunnelForwarder
+        // The hub channel's connection and the tunnels' connections to the API
+        // server share one event loop, where the tunnels' tasks run too.
+        let linkLoop = MultiThreadedEventLoopGroup.singleton.next()
         if let connection = c.kubernetes {
             let client = try KubeClient(connection: connection)
             kubeClient = client
@@ -68,7 +72,7 @@ final class AgentRuntime: Sendable {
             let forwarder = try KubeForwarder(
                 connection: connection, accounts: JITAccounts(client: client, namespace: connection.namespace ?? "default", logger: logger, metrics: metrics,
                                                      idle: c.jitIdle),
-                logger: logger)
+                logger: logger, loop: linkLoop)
             tunnelForwarder = forwarder
             kubeForwarder = forwarder
             logger.notice("applying policy to the Kubernetes API", metadata: ["server": "\(connection.server)"])
@@ -93,7 +97,7 @@ final class AgentRuntime: Sendable {
         forwarder.batchSize = c.auditForwardBatchSize
         let link = HubLink(
             store: store, joinString: c.joinString, logger: logger, metrics: metrics,
-            participants: [forwarder], applier: applier, forwarder: tunnelForwarder, clock: clock)
+            participants: [forwarder], applier: applier, forwarder: tunnelForwarder, clock: clock, loop: linkLoop)
         self.metrics = metrics
         self.spool = spool
         self.link = link

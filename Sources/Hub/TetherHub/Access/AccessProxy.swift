@@ -171,8 +171,10 @@ enum AccessProxy {
         let streams = try await core.openTunnel(tunnel, to: cluster)
         core.metrics.tunnelsOpen.increment()
         do {
-            for try await chunk in request.body { await streams.toAgent.send(.body(chunk)) }
-            await streams.toAgent.send(.end(error: nil))
+            if !(streams.isSpare && tunnel.bodyless) {
+                for try await chunk in request.body { await streams.toAgent.send(.body(chunk)) }
+                await streams.toAgent.send(.end(error: nil))
+            }
         } catch {
             await streams.toAgent.send(.end(error: "the client stopped sending the request body"))
             streams.toAgent.finish()

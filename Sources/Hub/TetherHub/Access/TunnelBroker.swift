@@ -38,6 +38,9 @@ enum TunnelFrame: Sendable {
 struct TunnelStreams: Sendable {
     let fromAgent: AsyncThrowingChannel<TunnelFrame, any Error>
     let toAgent: AsyncChannel<TunnelFrame>
+    /// A spare: its agent knows `bodyless`, so a request without a body needs no
+    /// end frame from the hub (agents from before `bodyless` wait for one).
+    var isSpare = false
 }
 
 /// Matches the agents' `Tunnel` RPCs to the requests waiting for them, and keeps
@@ -124,7 +127,9 @@ final class TunnelBroker: Sendable {
                 continue
             }
             spare.start(request)
-            return spare.streams
+            var streams = spare.streams
+            streams.isSpare = true
+            return streams
         }
         return nil
     }
