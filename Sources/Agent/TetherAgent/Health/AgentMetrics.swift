@@ -20,7 +20,7 @@ package final class AgentMetrics: Sendable {
     let jitAccountsRemoved: Counter
     /// A session's first request here: account, bindings and token made.
     let jitFirstRequest: DurationHistogram
-    /// Idle spare tunnels open to the hub now.
+    /// Spare tunnels to the hub: idle, or carrying a request and not yet replaced.
     let spareTunnels: Gauge
 
     package init() {
@@ -48,7 +48,7 @@ package final class AgentMetrics: Sendable {
             help: "Damaged frames found in the audit spool; forwarding stops at the first (never skipped or renumbered). Alert above 0.")
         auditSpoolDamagedFrames.set(Int64(0))
         connected.set(Int64(0))
-        spareTunnels = registry.makeGauge(name: "tether_agent_spare_tunnels", help: "Idle tunnels open to the hub for the next people's requests.")
+        spareTunnels = registry.makeGauge(name: "tether_agent_spare_tunnels", help: "Spare tunnels to the hub for people's next requests: idle, or carrying one and not yet replaced.")
         spareTunnels.set(Int64(0))
         for reason in Self.rejectionReasons { rejected(reason).increment(by: Int64(0)) }
         for part in ChannelPart.allCases { channelRestarts(part).increment(by: Int64(0)) }

@@ -38,7 +38,8 @@ extension HubLink {
         case live([PersonGrant])
         /// The Welcome's spare count: idle tunnels to keep open while people use the cluster.
         case spares(Int)
-        /// A spare was claimed by a request (another is opened in its place).
+        /// A claimed spare's request is over, or a second old: another is opened in
+        /// its place.
         case spareClaimed
         /// A spare ended unclaimed: the hub withdrew it (unused for its idle time)
         /// or it failed. It is not replaced until the cluster's next request.
@@ -49,7 +50,7 @@ extension HubLink {
     /// the deletions of ended sessions' accounts, for as long as the channel is up.
     /// While people use the cluster it keeps up to the hub's spare count of idle
     /// tunnels open: a request on one needs no OpenTunnel round trip and no new
-    /// stream. Spares are opened on a request and replaced as they are claimed;
+    /// stream. Spares are opened on a request and replaced after they carry one;
     /// ones the hub ends for idleness are not, so an idle cluster holds none.
     func runTunnels(_ messages: AsyncStream<AccessMessage>, events: AsyncStream<AccessMessage>.Continuation,
                     client: GRPCClient<HTTP2ClientTransport.Posix>) async {

@@ -169,23 +169,25 @@ extension HubCore {
     /// writes it in the same transaction as the change itself.
     func auditEvent(_ action: HubAction, at now: Date) throws -> IndexedAuditEvent {
         let time = AuditTime.format(now)
-        var event: [String: Any] = [
-            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
-            "auditID": UUID().uuidString.lowercased(), "stage": "ResponseComplete",
-            "verb": action.verb, "user": ["username": action.user],
-            "objectRef": ["resource": action.resource, "name": action.name, "namespace": action.namespace,
-                          "apiGroup": action.apiGroup ?? "tether.dev", "apiVersion": action.apiGroup == nil ? "v1" : nil]
-                .compactMapValues { $0 },
-            "responseStatus": ["code": action.code] as [String: Any],
-            "requestReceivedTimestamp": time, "stageTimestamp": time,
-            "userAgent": "tether-hub/\(TetherVersion.current)",
+        var objectRef: [(String, CanonicalJSON.Value)] = [("resource", .string(action.resource)), ("apiGroup", .string(action.apiGroup ?? "tether.dev"))]
+        if let name = action.name { objectRef.append(("name", .string(name))) }
+        if let namespace = action.namespace { objectRef.append(("namespace", .string(namespace))) }
+        if action.apiGroup == nil { objectRef.append(("apiVersion", "v1")) }
+        var user: [(String, CanonicalJSON.Value)] = [("username", .string(action.user))]
+        if let groups = action.groups { user.append(("groups", .array(groups.map { .string($0) }))) }
+        var event: [(String, CanonicalJSON.Value)] = [
+            ("kind", "Event"), ("apiVersion", "audit.k8s.io/v1"), ("level", "Metadata"),
+            ("auditID", .string(UUID().uuidString.lowercased())), ("stage", "ResponseComplete"),
+            ("verb", .string(action.verb)), ("user", .object(user)), ("objectRef", .object(objectRef)),
+            ("responseStatus", ["code": .int(action.code)]),
+            ("requestReceivedTimestamp", .string(time)), ("stageTimestamp", .string(time)),
+            ("userAgent", .string("tether-hub/\(TetherVersion.current)")),
         ]
-        if let ip = action.sourceIP { event["sourceIPs"] = [ip] }
+        if let ip = action.sourceIP { event.append(("sourceIPs", [.string(ip)])) }
         var annotations = action.annotations
         if let message = action.message { annotations["tether.dev/message"] = message }
-        if !annotations.isEmpty { event["annotations"] = annotations }
-        if let groups = action.groups { event["user"] = ["username": action.user, "groups": groups] }
-        return try IndexedAuditEvent(raw: try CanonicalJSON.data(event))
+        if !annotations.isEmpty { event.append(("annotations", .strings(annotations))) }
+        return try IndexedAuditEvent(raw: try CanonicalJSON.data(.object(event)))
     }
 }
 
