@@ -22,6 +22,8 @@ import TetherAgent
 /// applies a bundle and times its arrival at every agent; then restarts the hub
 /// (SIGTERM, start on the same data dir and port) and times the reconnect storm
 /// until every agent is connected again, and a second bundle change after it.
+/// Last, removes up to 20 clusters one at a time and times each removal's cut: from
+/// the admin call to its agent seeing the channel closed (the goal is within 1 s).
 ///
 /// Heartbeat mode: the hub asks for a heartbeat every second; for `--duration`
 /// seconds (60) `cluster list` runs in a loop. Prints SQLite commits per second from
@@ -98,6 +100,7 @@ struct FanoutBenchmark {
             try await settle(options.settle, hub: hub)
             try await change(revision: 2, fleet: fleet, hub: hub, n: n)
         }
+        try await removalCuts(fleet: fleet, hub: hub, n: n)
         say(String(format: "  benchmark process (the %d agents) peak memory %d MiB", n, peakMemoryKiB(getpid()) / 1024))
         agents.cancel()
         _ = await agents.result
@@ -146,6 +149,25 @@ struct FanoutBenchmark {
         say(String(format: "  bundle change (revision %d) -> %d agents: first %.1f ms, p50 %.1f ms, p99 %.1f ms, max %.1f ms (apply call %.1f ms); hub memory now %d MiB, peak %d MiB",
                      revision, n, latencies.first!, percentile(latencies, 0.5), percentile(latencies, 0.99), latencies.last!, (applied - start).seconds * 1000,
                      hub.memoryKiB / 1024, hub.peakMemoryKiB / 1024))
+    }
+
+    /// Removes the last (up to) 20 clusters, one at a time, and prints how long each
+    /// took to cut its agent's channel: from the `DELETE` to the agent seeing it closed.
+    static func removalCuts(fleet: Fleet, hub: HubProcess, n: Int) async throws {
+        var cuts: [Double] = []
+        for i in stride(from: n - 1, through: max(0, n - 20), by: -1) {
+            guard fleet.links[i].status.value.connected else { throw BenchError("agent \(i) is not connected before its removal") }
+            let start = ContinuousClock.now
+            _ = try await hub.request(.DELETE, "/v1/clusters/edge-\(i)", nil)
+            while fleet.links[i].status.value.connected {
+                guard ContinuousClock.now - start < .seconds(30) else { throw BenchError("removing edge-\(i) did not cut its channel within 30 s") }
+                try await Task.sleep(for: .milliseconds(1))
+            }
+            cuts.append((ContinuousClock.now - start).seconds * 1000)
+        }
+        cuts.sort()
+        say(String(format: "  cluster removal cuts its agent's channel (%d removals, one at a time): p50 %.1f ms, max %.1f ms",
+                     cuts.count, percentile(cuts, 0.5), cuts.last ?? 0))
     }
 
     // MARK: Heartbeat load
