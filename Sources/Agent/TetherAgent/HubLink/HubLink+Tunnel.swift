@@ -3,7 +3,6 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import NIOCore
-import NIOPosix
 import Shared
 import Synchronization
 

@@ -64,26 +64,49 @@ final class TunnelBroker: Sendable {
         let streams: TunnelStreams
         let start: @Sendable (TunnelRequest?) -> Void
     }
-    private let spares = Mutex<(next: UInt64, byCluster: [ClusterName: [Spare]])>((1, [:]))
+    private struct SparePool {
+        var next: UInt64 = 1
+        var byCluster: [ClusterName: [Spare]] = [:]
+        /// Spares of all clusters (kept, not summed: it is read on every change).
+        var total = 0
+    }
+    private let spares = Mutex(SparePool())
+    /// Told the new total whenever spares are added or taken (the metric).
+    private let onSpareCount: @Sendable (Int) -> Void
 
-    init() {}
+    init(onSpareCount: @escaping @Sendable (Int) -> Void = { _ in }) {
+        self.onSpareCount = onSpareCount
+    }
 
     /// Idle spares kept for `cluster` now.
     func spareCount(_ cluster: ClusterName) -> Int { spares.withLock { $0.byCluster[cluster]?.count ?? 0 } }
 
     /// Idle spares for all clusters.
-    var spareTotal: Int { spares.withLock { $0.byCluster.values.reduce(0) { $0 + $1.count } } }
+    var spareTotal: Int { spares.withLock { $0.total } }
+
+    /// Changes the pool under its lock; `body` returns its result and how many
+    /// spares it added (negative: took). The new total is reported.
+    private func changingSpares<R>(_ body: (inout SparePool) -> (R, Int)) -> R {
+        spares.withLock { pool in
+            let (result, delta) = body(&pool)
+            if delta != 0 {
+                pool.total += delta
+                onSpareCount(pool.total)
+            }
+            return result
+        }
+    }
 
     /// Keeps an agent's spare until a request claims it or it is withdrawn; nil when
     /// the cluster already has `limit` (the RPC is then ended).
     func offerSpare(_ cluster: ClusterName, peer: String, limit: Int, streams: TunnelStreams,
                     start: @escaping @Sendable (TunnelRequest?) -> Void) -> UInt64? {
-        spares.withLock { state -> UInt64? in
-            guard (state.byCluster[cluster]?.count ?? 0) < limit else { return nil }
+        changingSpares { state -> (UInt64?, Int) in
+            guard (state.byCluster[cluster]?.count ?? 0) < limit else { return (nil, 0) }
             let id = state.next
             state.next += 1
             state.byCluster[cluster, default: []].append(Spare(id: id, peer: peer, streams: streams, start: start))
-            return id
+            return (id, 1)
         }
     }
 
@@ -91,11 +114,11 @@ final class TunnelBroker: Sendable {
     /// ends it; false when it was already claimed (or gone).
     @discardableResult
     func withdrawSpare(_ cluster: ClusterName, id: UInt64) -> Bool {
-        let spare = spares.withLock { state -> Spare? in
-            guard let index = state.byCluster[cluster]?.firstIndex(where: { $0.id == id }) else { return nil }
+        let spare = changingSpares { state -> (Spare?, Int) in
+            guard let index = state.byCluster[cluster]?.firstIndex(where: { $0.id == id }) else { return (nil, 0) }
             let spare = state.byCluster[cluster]!.remove(at: index)
             if state.byCluster[cluster]!.isEmpty { state.byCluster[cluster] = nil }
-            return spare
+            return (spare, -1)
         }
         spare?.start(nil)
         return spare != nil
@@ -104,11 +127,11 @@ final class TunnelBroker: Sendable {
     /// Ends the spares a cluster's agent opened on the connection `peer` (the
     /// channel on it closed).
     func closeSpares(_ cluster: ClusterName, peer: String) {
-        let closed = spares.withLock { state -> [Spare] in
+        let closed = changingSpares { state -> ([Spare], Int) in
             let all = state.byCluster[cluster] ?? []
             let kept = all.filter { $0.peer != peer }
             state.byCluster[cluster] = kept.isEmpty ? nil : kept
-            return all.filter { $0.peer == peer }
+            return (all.filter { $0.peer == peer }, kept.count - all.count)
         }
         for spare in closed { spare.start(nil) }
     }
@@ -117,10 +140,10 @@ final class TunnelBroker: Sendable {
     /// or nil when the cluster has none. Spares whose connection no longer carries
     /// the cluster's channel (`isCurrent` says) are ended on the way.
     func claimSpare(_ cluster: ClusterName, for request: TunnelRequest, isCurrent: (String) -> Bool) -> TunnelStreams? {
-        while let spare = spares.withLock({ state -> Spare? in
-            guard let spare = state.byCluster[cluster]?.popLast() else { return nil }
+        while let spare = changingSpares({ state -> (Spare?, Int) in
+            guard let spare = state.byCluster[cluster]?.popLast() else { return (nil, 0) }
             if state.byCluster[cluster]!.isEmpty { state.byCluster[cluster] = nil }
-            return spare
+            return (spare, -1)
         }) {
             guard isCurrent(spare.peer) else {
                 spare.start(nil)
@@ -194,7 +217,6 @@ extension HubCore {
         if request.session != nil, let streams = tunnels.claimSpare(cluster, for: request, isCurrent: { peer in
             registry.linkCertificateDeadline(cluster, peer: peer).map { $0 > now } ?? false
         }) {
-            metrics.spareTunnels.set(Int64(tunnels.spareTotal))
             metrics.tunnelsBySpare.increment()
             return streams
         }

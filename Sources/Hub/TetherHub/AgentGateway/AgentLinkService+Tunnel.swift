@@ -109,9 +109,7 @@ extension AgentLinkService {
         let reaper = Locked<Task<Void, Never>?>(nil)
         defer {
             reaper.withLock { $0 }?.cancel()
-            if let id = spareID.withLock({ $0 }), core.tunnels.withdrawSpare(cluster, id: id) {
-                core.metrics.spareTunnels.set(Int64(core.tunnels.spareTotal))
-            }
+            if let id = spareID.withLock({ $0 }) { core.tunnels.withdrawSpare(cluster, id: id) }
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -131,11 +129,10 @@ extension AgentLinkService {
                                     throw RPCError(code: .resourceExhausted, message: "cluster \(cluster) already holds \(core.settings.spareTunnels) spare tunnels")
                                 }
                                 spareID.withLock { $0 = id }
-                                core.metrics.spareTunnels.set(Int64(core.tunnels.spareTotal))
                                 let idle = core.settings.spareTunnelIdle
                                 reaper.withLock { $0 = Task {
                                     guard (try? await Task.sleep(for: idle)) != nil else { return }
-                                    if core.tunnels.withdrawSpare(cluster, id: id) { core.metrics.spareTunnels.set(Int64(core.tunnels.spareTotal)) }
+                                    core.tunnels.withdrawSpare(cluster, id: id)
                                 } }
                             } else {
                                 guard core.tunnels.attach(open.id, cluster: cluster, streams) else {

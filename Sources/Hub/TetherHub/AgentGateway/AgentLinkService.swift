@@ -39,7 +39,6 @@ struct AgentLinkService: Tether_V1_AgentLink.SimpleServiceProtocol {
                 core.registry.unregister(cluster, id: id)
                 // The agent's spare tunnels on this connection go with its channel.
                 core.tunnels.closeSpares(cluster, peer: "\(context.remotePeer)")
-                core.metrics.spareTunnels.set(Int64(core.tunnels.spareTotal))
                 // Last seen at disconnect: in the next presence batch.
                 core.presence.saw(cluster, agentVersion: session.agentVersion, at: core.clock.now())
                 let action = Self.channelAction("disconnect", cluster)

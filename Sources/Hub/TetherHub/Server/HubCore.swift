@@ -47,8 +47,8 @@ final class HubCore: Sendable {
     /// The access listener as people's kubeconfigs name it (nil: no listener); set
     /// once it is bound.
     let accessEndpoint = AsyncValue<AccessEndpoint?>()
-    /// Proxied requests waiting for their agent's tunnel.
-    let tunnels = TunnelBroker()
+    /// Proxied requests waiting for their agent's tunnel, and agents' spare tunnels.
+    let tunnels: TunnelBroker
     /// Just-in-time account names and the people they stand for (audit attribution).
     let jitPeople = JITPeople()
     /// The last data-path probe of each cluster (`DataPathProbeService`).
@@ -84,6 +84,7 @@ final class HubCore: Sendable {
         self.metrics = metrics
         self.logger = logger
         self.registry = ConnectionRegistry(onChange: { metrics.agentsConnected.set(Int64($0)) })
+        self.tunnels = TunnelBroker(onSpareCount: { metrics.spareTunnels.set(Int64($0)) })
         self.presence = PresenceRecorder(database: database, logger: logger, commits: { _ in metrics.presenceCommits.increment() })
     }
 
