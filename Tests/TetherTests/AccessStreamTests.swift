@@ -58,6 +58,9 @@ import Testing
                 return ((event["responseStatus"] as? [String: Any])?["code"] as? Int, event["annotations"] as? [String: String] ?? [:])
             }
         }
+        // A request is audited once its response has ended at the hub, which can be
+        // just after kubectl has read the refusal and exited: wait for all five.
+        try await eventually(timeout: .seconds(10), "the five exec attempts audited") { try await audited("web").count >= 5 }
         let execs = try await audited("web")
         let switched = execs.filter { $0.code == 101 }
         #expect(switched.count == 3, "\(execs)")
