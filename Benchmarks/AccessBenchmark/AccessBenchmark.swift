@@ -12,7 +12,7 @@ import Shared
 ///
 ///     swift build -c release
 ///     .build/release/tether-bench-access [--requests 1000] [--clients 100] [--seconds 5] [--sessions 20] [--events 2000]
-///                                        [--spare-tunnels N] [--bin DIR]
+///                                        [--spare-tunnels N] [--idle S] [--idle-only] [--bin DIR]
 ///
 /// Prints: added latency of a GET through hub, tunnel and agent against the same GET
 /// straight to the API server (p50/p99), measured interleaved and back to back, and
@@ -21,11 +21,14 @@ import Shared
 /// `--clients` concurrent clients; watch events per second through one tunnel;
 /// first-request latency (a new session: just-in-time account, bindings and token);
 /// the agent's memory idle after connecting and after the load (anonymous and file-backed).
+/// `--idle S` keeps the connected agent idle for S seconds first (default 3) and prints its
+/// memory each minute of that, to see it stay flat; `--idle-only` stops after the idle figure.
 @main
 struct AccessBenchmark {
     static func main() async throws {
         var requests = 1000, clients = 100, seconds = 5, sessions = 20, events = 2000
         var spareTunnels: Int?
+        var idle = 3, idleOnly = false
         var bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
         var args = CommandLine.arguments.dropFirst()
         while let key = args.popFirst() {
@@ -37,14 +40,16 @@ struct AccessBenchmark {
             case "--sessions": sessions = value()
             case "--events": events = value()
             case "--spare-tunnels": spareTunnels = value()
+            case "--idle": idle = value()
+            case "--idle-only": idleOnly = true
             case "--bin": bin = args.popFirst() ?? bin
             case "--help", "-h":
-                say("usage: tether-bench-access [--requests N] [--clients N] [--seconds S] [--sessions N] [--events N] [--spare-tunnels N] [--bin DIR]")
+                say("usage: tether-bench-access [--requests N] [--clients N] [--seconds S] [--sessions N] [--events N] [--spare-tunnels N] [--idle S] [--idle-only] [--bin DIR]")
                 return
             default: throw BenchError("unknown option \(key); see --help")
             }
         }
-        guard requests > 0, clients > 0, seconds > 0, sessions > 0, events > 0 else { throw BenchError("counts must be positive") }
+        guard requests > 0, clients > 0, seconds > 0, sessions > 0, events > 0, idle > 0 else { throw BenchError("counts must be positive") }
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("tether-access-bench-\(getpid())").path
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: work) }
@@ -87,8 +92,17 @@ struct AccessBenchmark {
 
         // The agent connected, enrolled and watching the API server, before any access:
         // what an idle agent holds. (A benchmark pause, not a synchronisation.)
-        try await Task.sleep(for: .seconds(3))
+        let idleStart = ContinuousClock.now
+        for minute in stride(from: 60, to: idle, by: 60) {
+            try await Task.sleep(until: idleStart + .seconds(minute))
+            say("  agent memory idle for \(minute / 60) min: " + memorySummary(agent.processIdentifier))
+        }
+        try await Task.sleep(until: idleStart + .seconds(idle))
         let idleAgent = memorySummary(agent.processIdentifier)
+        if idleOnly {
+            say("  agent memory idle after connecting (\(idle) s): " + idleAgent)
+            return
+        }
 
         let person = try await hub.session("alice")
         var tls = TLSConfiguration.makeClientConfiguration()
