@@ -116,6 +116,12 @@ public struct JSONScanner {
         return (try? JSONSerialization.jsonObject(with: Data("[".utf8) + fragment + Data("]".utf8))) .flatMap { ($0 as? [Any])?.first as? String }
     }
 
+    /// Whether the value at `range` is a string (of a validated document).
+    public func isString(_ range: Range<Int>) -> Bool { !range.isEmpty && bytes[range.lowerBound] == 34 }
+
+    /// The JSON text at `range`, as it is.
+    public func text(_ range: Range<Int>) -> String { String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self) }
+
     /// The integer at `range`, if it is one.
     public func int(_ range: Range<Int>) -> Int? {
         Int(String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self))

@@ -1,3 +1,4 @@
+import AsyncAlgorithms
 import Foundation
 import GRPCCore
 import HubStore
@@ -34,9 +35,26 @@ extension AgentLinkService {
                 group.addTask {
                     let start = try await core.auditAcknowledged(cluster)
                     try await response.write(.with { $0.acknowledgedSequence = start })
-                    for try await batch in request {
-                        let acked = try await core.ingestAudit(cluster: cluster, firstSequence: batch.firstSequence, events: try batch.decodedEvents())
-                        try await response.write(.with { $0.acknowledgedSequence = acked })
+                    // Two stages: the next batch is decompressed and indexed while the one
+                    // before it commits. The channel holds none, so at most one batch waits
+                    // prepared; batches are stored, and acknowledged, in the order they came.
+                    let prepared = AsyncThrowingChannel<HubCore.PreparedAuditBatch, any Error>()
+                    try await withThrowingTaskGroup(of: Void.self) { stages in
+                        stages.addTask {
+                            do {
+                                for try await batch in request {
+                                    await prepared.send(try await core.prepareAudit(
+                                        cluster: cluster, firstSequence: batch.firstSequence, events: try batch.decodedEvents()))
+                                }
+                                prepared.finish()
+                            } catch {
+                                prepared.fail(error)
+                            }
+                        }
+                        for try await batch in prepared {
+                            let acked = try await core.storeAudit(batch)
+                            try await response.write(.with { $0.acknowledgedSequence = acked })
+                        }
                     }
                 }
                 group.addTask {

@@ -113,15 +113,25 @@ extension HubCore {
         }
     }
 
+    /// A batch from a cluster's agent, checked and indexed, ready to store.
+    struct PreparedAuditBatch: Sendable {
+        var cluster: ClusterName
+        var firstSequence: UInt64
+        var events: [IndexedAuditEvent]
+    }
+
     /// Stores a batch from a cluster's agent; returns the new acknowledged sequence.
     func ingestAudit(cluster: ClusterName, firstSequence: UInt64, events: [Data]) async throws -> UInt64 {
+        try await storeAudit(try await prepareAudit(cluster: cluster, firstSequence: firstSequence, events: events))
+    }
+
+    /// Checks a batch's numbering and indexes its events (the CPU part of storing it,
+    /// which the audit stream runs for the next batch while the last one commits).
+    func prepareAudit(cluster: ClusterName, firstSequence: UInt64, events: [Data]) async throws -> PreparedAuditBatch {
         // The sequence comes from the agent: every number of the batch must fit
         // the store's signed 64-bit integers before any arithmetic on it.
         guard firstSequence >= 1, firstSequence <= UInt64(Int64.max) - UInt64(events.count) else {
             throw TetherError(.invalidArgument, "audit batch numbered from \(firstSequence): sequences run from 1 to \(Int64.max)")
-        }
-        if auditIngestFaults.take() {
-            throw TetherError(.storage, "the audit store refused the batch (a fault injected by a test)")
         }
         let indexed = events.enumerated().map { i, raw in
             do {
@@ -133,9 +143,17 @@ extension HubCore {
                 return IndexedAuditEvent(unindexable: raw, sequence: firstSequence + UInt64(i), now: clock.now())
             }
         }
-        let acked = try await database.ingestAudit(cluster: cluster.rawValue, firstSequence: firstSequence,
-                                                   events: try await attributed(indexed), now: clock.now())
-        metrics.auditEventsStored.increment(by: Int64(events.count))
+        return PreparedAuditBatch(cluster: cluster, firstSequence: firstSequence, events: try await attributed(indexed))
+    }
+
+    /// Stores a prepared batch in one transaction; returns the new acknowledged sequence.
+    func storeAudit(_ batch: PreparedAuditBatch) async throws -> UInt64 {
+        if auditIngestFaults.take() {
+            throw TetherError(.storage, "the audit store refused the batch (a fault injected by a test)")
+        }
+        let acked = try await database.ingestAudit(cluster: batch.cluster.rawValue, firstSequence: batch.firstSequence,
+                                                   events: batch.events, now: clock.now())
+        metrics.auditEventsStored.increment(by: Int64(batch.events.count))
         return acked
     }
 
