@@ -120,6 +120,7 @@ package final class HubDatabase: Sendable {
         }
         registerAccessMigrations(&m)
         registerPeopleMigrations(&m)
+        registerAuditTimeKeyMigration(&m)
         return m
     }
 
