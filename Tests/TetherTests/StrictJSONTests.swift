@@ -132,6 +132,19 @@ import Testing
         #expect(refusedCount > 1_000, "the edits break most documents (\(refusedCount) refused)")
     }
 
+    @Test func theOutlineNotesTopLevelMembersAndTheWatchedArraysFields() throws {
+        let doc = #"{"k\u0069nd": "EventList", "items": [{"a": "x", "b": ""}, {"b": "y", "c": {"a": "nested"}}, 3], "other": [{"a": "z"}]}"#
+        let data = Data(doc.utf8)
+        let outline = try JSONScanner.outline(data, array: "items", fields: ["a", "b"])
+        #expect(outline.isObject && outline.duplicate == nil)
+        #expect(outline.members.map(\.key) == ["kind", "items", "other"])
+        #expect(outline.elements.map { String(decoding: data[$0], as: UTF8.self) } == [#"{"a": "x", "b": ""}"#, #"{"b": "y", "c": {"a": "nested"}}"#, "3"])
+        // a non-empty string only, and only the element's own members
+        #expect(outline.elementFields == [0b01, 0b10, 0])
+        let array = try JSONScanner.outline(Data(#"[{"a": "x"}]"#.utf8), array: "items", fields: ["a"])
+        #expect(!array.isObject && array.elements.isEmpty && array.members.isEmpty)
+    }
+
     @Test func theEventListParserReadsEscapedKeysAsTheirMeaning() throws {
         let event = #"{"auditID": "a1", "stage": "ResponseComplete", "stageTimestamp": "2026-12-04T10:00:00Z"}"#
         let escaped = #"{"\u006bind": "EventList", "apiVersion": "audit.k8s.io\/v1", "items": [\#(event)]}"#

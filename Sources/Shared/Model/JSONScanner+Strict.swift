@@ -16,11 +16,33 @@ extension JSONScanner {
     /// strings, nothing after it but white space), in one pass and without building any
     /// value, and returns the path (`items`, `items[3].auditID`) of the first key that
     /// appears twice in one object, or nil. Keys are compared after unescaping.
-    ///
-    /// This is the audit webhook's check of every body: a full parse into Foundation
-    /// objects cost the agent more than everything else on that path together.
     public static func validate(_ data: Data) throws -> String? {
-        var validator = StrictValidator()
+        try outline(data, array: nil, fields: []).duplicate
+    }
+
+    /// What `outline` notes on its way through a document.
+    public struct Outline: Sendable {
+        /// The path of the first key that appears twice in one object, or nil.
+        public var duplicate: String?
+        /// The document is an object; then `members` are its keys (unescaped) and value ranges.
+        public var isObject = false
+        public var members: [(key: String, range: Range<Int>)] = []
+        /// The elements of the array under the top-level key asked for, and for each,
+        /// which of the fields asked for it has as a non-empty string (bit k: fields[k]).
+        public var elements: [Range<Int>] = []
+        public var elementFields: [UInt64] = []
+    }
+
+    /// `validate`, noting also what a caller needs of the document in the same pass:
+    /// the top-level members, and for the top-level array `array`, its elements and
+    /// which of `fields` (at most 64) each element has as a non-empty string.
+    ///
+    /// This is the audit webhook's one pass over every body: a full parse into
+    /// Foundation objects and then scans for the fields cost the agent more than
+    /// everything else on that path together.
+    public static func outline(_ data: Data, array: String?, fields: [String]) throws -> Outline {
+        precondition(fields.count <= 64)
+        var validator = StrictValidator(watch: array.map { Array($0.utf8) }, fields: fields.map { Array($0.utf8) })
         return try data.withUnsafeBytes { raw in try validator.run(raw.bindMemory(to: UInt8.self)) }
     }
 }
@@ -41,20 +63,32 @@ private struct StrictValidator {
         var firstKey: Int
         var index = 0
         var set: Set<[UInt8]>? = nil
+        /// The top-level array whose elements the outline notes.
+        var watched = false
     }
     private var levels: [Level] = []
     private var duplicate: String?
+    private let watch: [UInt8]?
+    private let fields: [[UInt8]]
+    private var outline = JSONScanner.Outline()
+
+    init(watch: [UInt8]?, fields: [[UInt8]]) {
+        self.watch = watch
+        self.fields = fields
+    }
 
     private func fail(_ reason: String) -> JSONScanner.Invalid { JSONScanner.Invalid(reason: reason, offset: i) }
 
-    mutating func run(_ buffer: UnsafeBufferPointer<UInt8>) throws -> String? {
+    mutating func run(_ buffer: UnsafeBufferPointer<UInt8>) throws -> JSONScanner.Outline {
         bytes = buffer
         i = 0
         skipSpace()
+        outline.isObject = i < bytes.count && bytes[i] == UInt8(ascii: "{")
         try value()
         skipSpace()
         guard i == bytes.count else { throw fail(i < bytes.count ? "unexpected data after the document" : "unexpected end") }
-        return duplicate
+        outline.duplicate = duplicate
+        return outline
     }
 
     private mutating func skipSpace() {
@@ -241,12 +275,15 @@ private struct StrictValidator {
             guard bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a key") }
             let keyStart = keyBytes.count
             try string(key: true)
-            noteKey(keyStart..<keyBytes.count)
+            let key = keyStart..<keyBytes.count
+            noteKey(key)
             skipSpace()
             guard i < bytes.count, bytes[i] == UInt8(ascii: ":") else { throw fail("expected ':'") }
             i += 1
             skipSpace()
+            let valueStart = i
             try value()
+            note(key: key, value: valueStart..<i)
             skipSpace()
             guard i < bytes.count else { throw fail("unexpected end") }
             if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
@@ -257,16 +294,37 @@ private struct StrictValidator {
 
     private mutating func array() throws {
         try open(object: false)
+        // The array asked for: a value of the top-level object, under the key watched.
+        if let watch, levels.count == 2, levels[0].isObject, keyBytes[keys[keys.count - 1]].elementsEqual(watch) {
+            levels[1].watched = true
+        }
+        let watched = levels[levels.count - 1].watched
         skipSpace()
         if i < bytes.count, bytes[i] == UInt8(ascii: "]") { close(); return }
         while true {
             skipSpace()
+            let start = i
+            if watched { outline.elementFields.append(0) }
             try value()
+            if watched { outline.elements.append(start..<i) }
             skipSpace()
             guard i < bytes.count else { throw fail("unexpected end") }
             if bytes[i] == UInt8(ascii: ",") { levels[levels.count - 1].index += 1; i += 1; continue }
             if bytes[i] == UInt8(ascii: "]") { close(); return }
             throw fail("expected ',' or ']'")
+        }
+    }
+
+    /// Notes a member for the outline: one of the top-level object's, or one of the
+    /// fields asked for in an element of the watched array.
+    private mutating func note(key: Range<Int>, value: Range<Int>) {
+        if levels.count == 1 {
+            outline.members.append((String(decoding: keyBytes[key], as: UTF8.self), value))
+        } else if levels.count == 3, levels[1].watched, !fields.isEmpty {
+            guard bytes[value.lowerBound] == UInt8(ascii: "\""), value.count > 2 else { return }
+            for (k, field) in fields.enumerated() where field.count == key.count && keyBytes[key].elementsEqual(field) {
+                outline.elementFields[outline.elementFields.count - 1] |= 1 << UInt64(k)
+            }
         }
     }
 
