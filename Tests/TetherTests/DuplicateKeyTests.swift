@@ -11,17 +11,19 @@ import Testing
 
 /// A JSON object may name a key once: bodies that say two things are refused.
 @Suite struct DuplicateKeyTests {
+    /// Documents and the path of their first duplicate key (also StrictJSONTests' cases).
+    static let cases: [(String, String?)] = [
+        (#"{"a": 1, "b": [1, {"c": 2}], "d": {"e": {}}}"#, nil),
+        (#"{"items": [], "items": [{"event": "1"}]}"#, "items"),
+        (#"{"items": [{"auditID": "x", "stage": "s"}, {"auditID": "y", "auditID": "z"}]}"#, "items[1].auditID"),
+        (#"{"items": [], "\u0069tems": []}"#, "items"),
+        (#"{"a": {"b": {"c": 1, "c": 2}}, "a2": 1}"#, "a.b.c"),
+        (#"[{"k": 1}, {"k": 1}]"#, nil),
+        (#"{"s": "{\"x\": 1, \"x\": 2}"}"#, nil),  // inside a string: not keys
+    ]
+
     @Test func theScannerFindsTheFirstDuplicateAtAnyDepthAndAfterUnescaping() throws {
-        let cases: [(String, String?)] = [
-            (#"{"a": 1, "b": [1, {"c": 2}], "d": {"e": {}}}"#, nil),
-            (#"{"items": [], "items": [{"event": "1"}]}"#, "items"),
-            (#"{"items": [{"auditID": "x", "stage": "s"}, {"auditID": "y", "auditID": "z"}]}"#, "items[1].auditID"),
-            (#"{"items": [], "\u0069tems": []}"#, "items"),
-            (#"{"a": {"b": {"c": 1, "c": 2}}, "a2": 1}"#, "a.b.c"),
-            (#"[{"k": 1}, {"k": 1}]"#, nil),
-            (#"{"s": "{\"x\": 1, \"x\": 2}"}"#, nil),  // inside a string: not keys
-        ]
-        for (json, expected) in cases {
+        for (json, expected) in Self.cases {
             #expect(try JSONScanner.firstDuplicateKey(in: Data(json.utf8)) == expected, "\(json)")
         }
         #expect(throws: JSONScanner.Malformed.self) { try JSONScanner.firstDuplicateKey(in: Data(#"{"a": 1} trailing"#.utf8)) }
