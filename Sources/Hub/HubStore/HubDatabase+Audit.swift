@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import GRDB
+import GRDBSQLite
 import Logging
 import Shared
 
@@ -173,10 +174,7 @@ extension HubDatabase {
             for (i, event) in events.enumerated() {
                 let sequence = firstSequence + UInt64(i)
                 guard sequence > acked else { continue }
-                try insert.execute(arguments: [
-                    cluster, Int64(sequence), batch, event.auditID, event.stage, event.time, event.user, event.impersonatedUser,
-                    event.verb, event.resource, event.namespace, event.name, event.code, event.raw,
-                ])
+                try EventInsert.run(insert, db, cluster: cluster, sequence: Int64(sequence), batch: batch, event: event)
                 if db.changesCount > 0 {
                     if firstID == nil { firstID = db.lastInsertedRowID }
                     AuditChain.add(sequence: sequence, event: event.raw, to: &hasher)
@@ -408,5 +406,53 @@ package enum AuditChain {
         withUnsafeBytes(of: sequence.bigEndian) { h.update(bufferPointer: $0) }
         withUnsafeBytes(of: UInt32(event.count).bigEndian) { h.update(bufferPointer: $0) }
         h.update(data: event)
+    }
+}
+
+/// One audit event's row, bound to the insert through SQLite's C API. GRDB's
+/// `StatementArguments` box each of the 14 values as an existential per row, which was
+/// most of the audit writer's own CPU; the statement is still GRDB's (cached, in GRDB's
+/// transaction), and no transaction observer watches this table.
+private enum EventInsert {
+    static let transient = unsafeBitCast(OpaquePointer(bitPattern: -1), to: sqlite3_destructor_type.self)
+
+    static func run(_ statement: Statement, _ db: Database, cluster: String, sequence: Int64, batch: Int64, event: IndexedAuditEvent) throws {
+        let handle = statement.sqliteStatement
+        sqlite3_reset(handle)
+        func text(_ index: Int32, _ value: String?) {
+            guard var value else { sqlite3_bind_null(handle, index); return }
+            value.withUTF8 { utf8 in
+                if let base = utf8.baseAddress {
+                    base.withMemoryRebound(to: CChar.self, capacity: utf8.count) { sqlite3_bind_text(handle, index, $0, Int32(utf8.count), transient) }
+                } else {
+                    sqlite3_bind_text(handle, index, "", 0, transient)
+                }
+            }
+        }
+        text(1, cluster)
+        sqlite3_bind_int64(handle, 2, sequence)
+        sqlite3_bind_int64(handle, 3, batch)
+        text(4, event.auditID)
+        text(5, event.stage)
+        text(6, event.time)
+        text(7, event.user)
+        text(8, event.impersonatedUser)
+        text(9, event.verb)
+        text(10, event.resource)
+        text(11, event.namespace)
+        text(12, event.name)
+        if let code = event.code { sqlite3_bind_int64(handle, 13, Int64(code)) } else { sqlite3_bind_null(handle, 13) }
+        event.raw.withUnsafeBytes { raw in
+            if let base = raw.baseAddress, raw.count > 0 {
+                sqlite3_bind_blob(handle, 14, base, Int32(raw.count), transient)
+            } else {
+                sqlite3_bind_zeroblob(handle, 14, 0)
+            }
+        }
+        let code = sqlite3_step(handle)
+        sqlite3_reset(handle)
+        guard code == SQLITE_DONE else {
+            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(db.sqliteConnection)), sql: statement.sql)
+        }
     }
 }
