@@ -82,7 +82,13 @@ import Testing
         let lines = try Self.realLines()
         let log = dir.sub("audit.log")
         let spool = try AuditSpool(directory: dir.sub("spool"))
-        try append([lines[0], Data("not json".utf8), Data(#"{"kind":"Event"}"#.utf8), lines[1]], to: log)
+        // Not JSON, an object that is no event, an event with its auditID twice, one that
+        // is no audit Event: skipped.
+        var twice = lines[0]
+        twice.replaceSubrange(twice.range(of: Data(#""auditID":"#.utf8))!, with: Data(#""auditID":"x","auditID":"#.utf8))
+        let notEvent = Data(String(decoding: lines[0], as: UTF8.self).replacingOccurrences(of: #""kind":"Event""#, with: #""kind":"Pod""#).utf8)
+        #expect(notEvent != lines[0], "control: the real line has kind Event")
+        try append([lines[0], Data("not json".utf8), Data(#"{"kind":"Event"}"#.utf8), twice, notEvent, lines[1]], to: log)
         // Half a line: not read until its newline arrives.
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
         try handle.seekToEnd()

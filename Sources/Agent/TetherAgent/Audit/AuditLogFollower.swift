@@ -129,14 +129,20 @@ final class AuditLogFollower: Service, Sendable {
         }
     }
 
+    /// The line if it is one audit event: a JSON object (strict, no key twice, as the
+    /// webhook requires) with a non-empty `auditID` and `stage`, a `stageTimestamp`,
+    /// and `kind` absent or `Event`. One pass of `JSONScanner.outline`, no Foundation parse.
     static func validEvent(_ line: Data) -> Data? {
-        guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any],
-              object["kind"] as? String == "Event" || object["kind"] == nil,
-              let id = object["auditID"] as? String, !id.isEmpty,
-              let stage = object["stage"] as? String, !stage.isEmpty,
-              object["stageTimestamp"] is String
-        else { return nil }
-        return line
+        guard let outline = try? JSONScanner.outline(line, array: nil, fields: []), outline.isObject, outline.duplicate == nil else { return nil }
+        return JSONScanner.with(line) { scanner in
+            func member(_ name: String) -> Range<Int>? { outline.members.first { $0.key == name }?.range }
+            if let kind = member("kind"), scanner.string(kind) != "Event" { return nil }
+            for field in ["auditID", "stage"] {
+                guard let value = member(field), scanner.isString(value), value.count > 2 else { return nil }
+            }
+            guard let time = member("stageTimestamp"), scanner.isString(time) else { return nil }
+            return line
+        }
     }
 
     /// Whether the file was truncated (copy-truncate) since `position` was read:
