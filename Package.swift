@@ -113,11 +113,12 @@ let package = Package(
             path: "Sources/Agent/TetherAgent"
         ),
         .executableTarget(
-            name: "AgentMain", dependencies: ["TetherAgent"], path: "Sources/Agent/Main", exclude: ["tether-agent.order"],
+            name: "AgentMain", dependencies: ["TetherAgent"], path: "Sources/Agent/Main", exclude: ["tether-agent.order.gz"],
             // The agent runs in every cluster, so its idle memory counts (issue #11). In a
             // release build on Linux it is linked by lld with packed relative relocations (no 3.6 MiB relocation table read at start) and
             // without exporting its 56,000 symbols (no 3 MiB symbol table read by the loader),
-            // with the code an idle agent runs laid out together (tether-agent.order).
+            // and `scripts/build-release` adds the order that lays out the code an idle agent
+            // runs together (tether-agent.order.gz).
             linkerSettings: [.unsafeFlags(agentReleaseLinkFlags, .when(platforms: [.linux], configuration: .release))]
         ),
         .systemLibrary(name: "CZlib", path: "Benchmarks/CZlib", providers: [.apt(["zlib1g-dev"])]),
@@ -213,13 +214,11 @@ let package = Package(
 )
 
 /// Release link of tether-agent on Linux (see the AgentMain target). The order file
-/// (`scripts/agent-layout` writes it) packs the code an idle agent runs together; it
-/// lays out single functions only when the build has
-/// `-Xswiftc -Xfrontend -Xswiftc -function-sections`, and the Swift runtime and Foundation
-/// are linked in only with `--static-swift-stdlib` (a compile option too): both are what
-/// `scripts/build-release` and the Containerfile pass.
+/// (`scripts/agent-layout` writes it, compressed; `scripts/build-release` unpacks it and
+/// passes `--symbol-ordering-file` for the agent's link) lays out single functions only
+/// when the build has `-Xswiftc -Xfrontend -Xswiftc -function-sections`, and the Swift
+/// runtime and Foundation are linked in only with `--static-swift-stdlib` (a compile
+/// option too): both are what `scripts/build-release` and the Containerfile pass.
 var agentReleaseLinkFlags: [String] {
-    ["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic",
-     "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/Sources/Agent/Main/tether-agent.order",
-     "-Xlinker", "--no-warn-symbol-ordering"]
+    ["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic"]
 }
