@@ -116,8 +116,10 @@ public struct JSONScanner {
         return (try? JSONSerialization.jsonObject(with: Data("[".utf8) + fragment + Data("]".utf8))) .flatMap { ($0 as? [Any])?.first as? String }
     }
 
-    /// Whether the value at `range` is a string (of a validated document).
+    /// Whether the value at `range` (of a validated document) is a string, an object, an array.
     public func isString(_ range: Range<Int>) -> Bool { !range.isEmpty && bytes[range.lowerBound] == 34 }
+    public func isObject(_ range: Range<Int>) -> Bool { !range.isEmpty && bytes[range.lowerBound] == 123 }
+    public func isArray(_ range: Range<Int>) -> Bool { !range.isEmpty && bytes[range.lowerBound] == 91 }
 
     /// The JSON text at `range`, as it is.
     public func text(_ range: Range<Int>) -> String { String(decoding: UnsafeBufferPointer(rebasing: bytes[range]), as: UTF8.self) }

@@ -34,11 +34,11 @@ enum EventListParser {
                     throw Invalid(description: "\(field) must be \(expected), got \(value.map { scanner.string($0) ?? String(scanner.text($0).prefix(100)) } ?? "none")")
                 }
             }
-            guard let items = member("items"), scanner.text(items.prefix(1)) == "[" else {
+            guard let items = member("items"), scanner.isArray(items) else {
                 throw Invalid(description: "items must be a list of audit events")
             }
             for (i, (item, fields)) in zip(outline.elements, outline.elementFields).enumerated() {
-                guard scanner.text(item.prefix(1)) == "{" else { throw Invalid(description: "items[\(i)] is not an object") }
+                guard scanner.isObject(item) else { throw Invalid(description: "items[\(i)] is not an object") }
                 for (k, field) in requiredFields.enumerated() where fields & (1 << UInt64(k)) == 0 {
                     throw Invalid(description: "items[\(i)] has no \(field)")
                 }
